@@ -27,3 +27,39 @@ def render(messages: Sequence[dict], add_generation_prompt: bool = False) -> str
   if add_generation_prompt:
     text += f"{IM_START}assistant\n"
   return text
+
+
+def assistant_spans(messages: Sequence[dict]) -> list[tuple[int, int]]:
+  """[start, end) character spans of each assistant turn's content and its ``<|im_end|>``.
+
+  Offsets are into ``render(messages)``; the header ``<|im_start|>assistant\\n`` and the newline
+  after ``<|im_end|>`` lie outside the spans.
+  """
+  spans, offset = [], 0
+  for m in messages:
+    turn = render_turn(m["role"], m["content"])
+    if m["role"] == "assistant":
+      start = offset + len(IM_START) + len("assistant\n")
+      spans.append((start, start + len(m["content"]) + len(IM_END)))
+    offset += len(turn)
+  return spans
+
+
+def encode(tokenizer, messages: Sequence[dict],
+           add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+  """Token ids of ``render(messages, add_generation_prompt)`` and a 0/1 loss mask per id.
+
+  The ids are the tokenizer's encoding of the whole rendered text (exactly what Qwen's template
+  gives). The mask is 1 on tokens that start inside an assistant turn's content or its
+  ``<|im_end|>`` (see ``assistant_spans``) and 0 elsewhere: system, user, headers, newlines.
+  ``tokenizer`` is a ``qmath_jax.data.tokenizer.Tokenizer``.
+  """
+  for i, m in enumerate(messages):
+    if "role" not in m or "content" not in m:
+      raise ValueError(f"message {i} lacks 'role' or 'content': {sorted(m)}")
+    if not isinstance(m["content"], str):
+      raise ValueError(f"message {i} content is {type(m['content']).__name__}, not str")
+  ids, offsets = tokenizer.encode_with_offsets(render(messages, add_generation_prompt))
+  spans = assistant_spans(messages)
+  mask = [int(any(s <= begin < e for s, e in spans)) for begin, _ in offsets]
+  return ids, mask
