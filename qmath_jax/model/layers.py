@@ -1,0 +1,123 @@
+"""Qwen2.5 building blocks: RMSNorm, RoPE, grouped-query attention with a KV cache, SwiGLU MLP.
+
+Every parameter carries logical axis names (`embed`, `heads`, `kv_heads`, `head_dim`, `mlp`,
+`vocab`); `qmath_jax.parallel` maps them onto the mesh.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from qmath_jax.model import attention
+from qmath_jax.model.config import ModelConfig
+
+_INIT_STD = 0.02
+
+
+def _init(names, init=nn.initializers.normal(_INIT_STD)):
+  return nn.with_logical_partitioning(init, names)
+
+
+class RMSNorm(nn.Module):
+  """x / rms(x) * scale, computed in fp32. `[..., hidden]` -> same, in the compute dtype."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", _init(("embed",), nn.initializers.ones),
+                       (x.shape[-1],), self.cfg.weight_dtype)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
+    # Same rounding order as the reference: normalise in fp32, cast, then scale.
+    return scale.astype(self.cfg.compute_dtype) * x32.astype(self.cfg.compute_dtype)
+
+
+def apply_rope(x, positions, theta: float):
+  """Rotary embedding, halves layout. x `[batch, length, heads, head_dim]`, positions `[batch, length]`."""
+  head_dim = x.shape[-1]
+  half = head_dim // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, length, half]
+  cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention with q/k/v biases and an optional KV cache."""
+  cfg: ModelConfig
+
+  def _proj(self, name, heads, heads_axis, x):
+    cfg = self.cfg
+    return nn.DenseGeneral(
+        features=(heads, cfg.head_dim), axis=-1, use_bias=True, name=name,
+        dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+        kernel_init=_init(("embed", heads_axis, "head_dim")),
+        bias_init=_init((heads_axis, "head_dim"), nn.initializers.zeros))(x)
+
+  @nn.compact
+  def __call__(self, x, positions, segment_ids, mask, layer_cache=None, cache_index=None):
+    """x `[batch, length, hidden]` -> (`[batch, length, hidden]`, updated layer cache or None).
+
+    layer_cache: dict with k, v `[batch, cache_len, kv_heads, head_dim]`; the new keys and
+    values are written at `cache_index` and attention runs over the whole cache under `mask`.
+    """
+    cfg = self.cfg
+    q = self._proj("q_proj", cfg.num_heads, "heads", x)
+    k = self._proj("k_proj", cfg.num_kv_heads, "kv_heads", x)
+    v = self._proj("v_proj", cfg.num_kv_heads, "kv_heads", x)
+    q = nn.with_logical_constraint(apply_rope(q, positions, cfg.rope_theta),
+                                   ("batch", "length", "heads", "head_dim"))
+    k = nn.with_logical_constraint(apply_rope(k, positions, cfg.rope_theta),
+                                   ("batch", "length", "kv_heads", "head_dim"))
+    v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+    if layer_cache is None:
+      out = attention.causal_attention(q, k, v, segment_ids, cfg.attention, mask)
+    else:
+      start = (0, cache_index, 0, 0)
+      layer_cache = {
+          "k": jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start),
+          "v": jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start),
+      }
+      out = attention.xla_attention(q, layer_cache["k"].astype(q.dtype),
+                                    layer_cache["v"].astype(q.dtype), mask)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+    out = nn.DenseGeneral(
+        features=cfg.hidden_size, axis=(-2, -1), use_bias=False, name="o_proj",
+        dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+        kernel_init=_init(("heads", "head_dim", "embed")))(out)
+    return out, layer_cache
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x)). `[batch, length, hidden]` -> same."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+
+    def dense(name, features, names):
+      return nn.Dense(features, use_bias=False, name=name, dtype=cfg.compute_dtype,
+                      param_dtype=cfg.weight_dtype, kernel_init=_init(names))
+
+    gate = dense("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+    up = dense("up_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+    hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return dense("down_proj", cfg.hidden_size, ("mlp", "embed"))(hidden)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). Scanned over layers."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, layer_cache, positions, segment_ids, mask, cache_index):
+    h, layer_cache = Attention(self.cfg, name="attn")(
+        RMSNorm(self.cfg, name="input_norm")(x), positions, segment_ids, mask, layer_cache,
+        cache_index)
+    x = x + h
+    x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="post_attn_norm")(x))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return x, layer_cache
