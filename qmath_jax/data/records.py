@@ -1,0 +1,71 @@
+"""Reading jsonl rows and accounting for the bad ones.
+
+A bad row (invalid JSON, a missing or empty field, an example longer than the sequence length)
+is never dropped silently: it is counted in a ``BadRows`` report, with its file and line, or,
+with ``strict=True``, raises ``BadRowError`` naming them.
+"""
+
+import collections
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+
+
+class BadRowError(ValueError):
+  """A row that cannot be used, raised in strict mode; the message names file and line."""
+
+
+@dataclasses.dataclass
+class BadRows:
+  """Counts of skipped rows by reason, and the first few locations of each.
+
+  Attributes:
+    counts: reason -> number of rows skipped for it.
+    examples: reason -> up to ``keep`` strings "file:line: detail".
+    strict: raise ``BadRowError`` at the first bad row instead of counting it.
+  """
+  strict: bool = False
+  keep: int = 5
+  counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  examples: dict = dataclasses.field(default_factory=dict)
+
+  def add(self, reason: str, where: str, detail: str = "") -> None:
+    message = f"{where}: {reason}" + (f" ({detail})" if detail else "")
+    if self.strict:
+      raise BadRowError(message)
+    self.counts[reason] += 1
+    kept = self.examples.setdefault(reason, [])
+    if len(kept) < self.keep:
+      kept.append(message)
+
+  @property
+  def total(self) -> int:
+    return sum(self.counts.values())
+
+  def summary(self) -> str:
+    """One line per reason: count and where the first ones were."""
+    if not self.total:
+      return "no bad rows"
+    lines = [f"{self.total} bad rows skipped"]
+    for reason, n in sorted(self.counts.items()):
+      lines.append(f"  {reason}: {n}, e.g. " + "; ".join(self.examples[reason]))
+    return "\n".join(lines)
+
+
+def read_jsonl(path: str | os.PathLike, bad_rows: BadRows) -> Iterator[tuple[int, dict]]:
+  """Yields (1-based line number, object) for each non-blank line that parses as a JSON object."""
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}:{line_no}"
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        bad_rows.add("invalid JSON", where, str(e))
+        continue
+      if not isinstance(row, dict):
+        bad_rows.add("not a JSON object", where, type(row).__name__)
+        continue
+      yield line_no, row
