@@ -1,0 +1,6 @@
+"""Fused attention kernels (Pallas TPU and GPU) and their pure-jnp reference."""
+
+from qmath_jax.kernels.blocks import BlockSizes
+from qmath_jax.kernels.flash import flash_attention
+from qmath_jax.kernels.flash import resolve_backend
+from qmath_jax.kernels.reference import reference_attention

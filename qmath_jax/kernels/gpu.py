@@ -1,0 +1,342 @@
+"""Flash attention for GPUs in Pallas (Triton lowering): forward, dq and dk/dv passes.
+
+Layout is the model's: q and dq `[batch, length, heads, head_dim]`; k, v, dk, dv
+`[batch, length, kv_heads, head_dim]`. Query head `h` reads key/value head
+`h // group`; the dk/dv pass runs one program per key block and key/value head
+and loops over that head's `group` query heads, so nothing is repeated in memory.
+Scores live in base 2: `s2 = q.k * sm_scale * log2(e)`, and the saved residual
+is `lse2 = max(s2) + log2(sum(exp2(s2 - max)))`, `[batch, heads, length]` fp32.
+Lengths must be multiples of the block sizes; `flash.py` pads.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from qmath_jax.kernels import blocks
+
+LOG2_E = math.log2(math.e)
+# Score given to masked pairs: finite, so fully masked tiles never make NaN.
+MASK_VALUE = -1e30
+
+
+def _dot(a, b, *, trans_a=False, trans_b=False):
+  precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+  return pl.dot(a, b, trans_a=trans_a, trans_b=trans_b, precision=precision)
+
+
+def _mask(q_pos, k_pos, q_seg, k_seg, causal):
+  """Allowed pairs `[rows, cols]` from row/column positions and segment ids (or None)."""
+  mask = None
+  if causal:
+    mask = q_pos[:, None] >= k_pos[None, :]
+  if q_seg is not None:
+    same = q_seg[:, None] == k_seg[None, :]
+    mask = same if mask is None else mask & same
+  return mask
+
+
+def _forward_kernel(*refs, causal, has_segments, scale_log2, block_q, block_k):
+  if has_segments:
+    q_ref, k_ref, v_ref, q_seg_ref, k_seg_ref, lo_ref, hi_ref, o_ref, lse_ref = refs
+  else:
+    q_ref, k_ref, v_ref, lo_ref, hi_ref, o_ref, lse_ref = refs
+  q_block = pl.num_programs(0) - 1 - pl.program_id(0)
+  q = q_ref[...]
+  head_dim = q.shape[-1]
+  q_pos = q_block * block_q + jnp.arange(block_q)
+  q_seg = q_seg_ref[...] if has_segments else None
+  lo, hi = lo_ref[q_block], hi_ref[q_block]
+
+  def body(k_block, carry, apply_causal):
+    acc, row_max, row_sum = carry
+    k_slice = pl.ds(pl.multiple_of(k_block * block_k, block_k), block_k)
+    k = k_ref[k_slice, :]
+    v = v_ref[k_slice, :]
+    scores = _dot(q, k, trans_b=True) * scale_log2
+    k_seg = k_seg_ref[k_slice] if has_segments else None
+    k_pos = k_block * block_k + jnp.arange(block_k)
+    mask = _mask(q_pos, k_pos, q_seg, k_seg, causal and apply_causal)
+    if mask is not None:
+      scores = jnp.where(mask, scores, MASK_VALUE)
+    new_max = jnp.maximum(row_max, scores.max(axis=1))
+    rescale = jnp.exp2(row_max - new_max)
+    probs = jnp.exp2(scores - new_max[:, None])
+    row_sum = row_sum * rescale + probs.sum(axis=1)
+    acc = acc * rescale[:, None] + _dot(probs.astype(v.dtype), v)
+    return acc, new_max, row_sum
+
+  carry = (jnp.zeros((block_q, head_dim), jnp.float32),
+           jnp.full((block_q,), MASK_VALUE, jnp.float32),
+           jnp.zeros((block_q,), jnp.float32))
+  if causal:
+    # Key blocks wholly at or before the first query row need no causal mask.
+    mid = jnp.clip((q_block * block_q + 1) // block_k, lo, hi)
+    carry = jax.lax.fori_loop(lo, mid, functools.partial(body, apply_causal=False), carry)
+    carry = jax.lax.fori_loop(mid, hi, functools.partial(body, apply_causal=True), carry)
+  else:
+    carry = jax.lax.fori_loop(lo, hi, functools.partial(body, apply_causal=False), carry)
+  acc, row_max, row_sum = carry
+  safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)
+  o_ref[...] = (acc / safe_sum[:, None]).astype(o_ref.dtype)
+  lse_ref[...] = row_max + jnp.log2(safe_sum)
+
+
+def forward(q, k, v, segment_ids, *, causal, sm_scale, block_sizes, interpret=False,
+            num_warps=None, num_stages=None):
+  """Attention output and base-2 log-sum-exp.
+
+  Args:
+    q: `[batch, length, heads, head_dim]`.
+    k: `[batch, length, kv_heads, head_dim]`.
+    v: `[batch, length, kv_heads, head_dim]`.
+    segment_ids: int32 `[batch, length]` or None.
+    causal: mask keys after the query.
+    sm_scale: score scale.
+    block_sizes: `blocks.BlockSizes`; length must be a multiple of its blocks.
+    interpret: run the kernel in Pallas interpret mode (CPU tests).
+    num_warps: Triton warps per program (default by head_dim).
+    num_stages: Triton software-pipelining depth.
+
+  Returns:
+    out `[batch, length, heads, head_dim]` in q's dtype, lse2 `[batch, heads, length]` fp32.
+  """
+  batch, length, heads, head_dim = q.shape
+  kv_heads = k.shape[2]
+  group = heads // kv_heads
+  block_q, block_k = block_sizes.block_q, block_sizes.block_k
+  num_q = length // block_q
+  lo, hi = _ranges(segment_ids, batch, length, block_q, block_k, causal, transpose=False)
+  has_segments = segment_ids is not None
+  rev = lambda i: num_q - 1 - i  # Heaviest causal rows start first.
+  q_spec = pl.BlockSpec((None, block_q, None, head_dim), lambda i, b, h: (b, rev(i), h, 0))
+  kv_spec = pl.BlockSpec((None, length, None, head_dim), lambda i, b, h: (b, 0, h // group, 0))
+  range_spec = pl.BlockSpec((None, num_q), lambda i, b, h: (b, 0))
+  in_specs = [q_spec, kv_spec, kv_spec]
+  inputs = [q, k, v]
+  if has_segments:
+    in_specs += [pl.BlockSpec((None, block_q), lambda i, b, h: (b, rev(i))),
+                 pl.BlockSpec((None, length), lambda i, b, h: (b, 0))]
+    inputs += [segment_ids, segment_ids]
+  in_specs += [range_spec, range_spec]
+  inputs += [lo, hi]
+  kernel = functools.partial(
+      _forward_kernel, causal=causal, has_segments=has_segments,
+      scale_log2=sm_scale * LOG2_E, block_q=block_q, block_k=block_k)
+  out, lse = pl.pallas_call(
+      kernel,
+      grid=(num_q, batch, heads),
+      in_specs=in_specs,
+      out_specs=[q_spec,
+                 pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, rev(i)))],
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct((batch, heads, length), jnp.float32)],
+      compiler_params=plgpu.CompilerParams(
+          num_warps=num_warps or (4 if head_dim <= 64 else 8),
+          num_stages=num_stages or 3),
+      interpret=interpret,
+      name="flash_attention_forward",
+  )(*inputs)
+  return out, lse
+
+
+def _ranges(segment_ids, batch, length, block_rows, block_cols, causal, transpose):
+  """Visited block ranges; without segments every batch row shares one range."""
+  seg = segment_ids
+  if seg is None:
+    seg = jnp.zeros((1, length), jnp.int32)
+  if transpose:
+    lo, hi = blocks.q_ranges(seg, block_rows, block_cols, causal)
+  else:
+    lo, hi = blocks.kv_ranges(seg, block_rows, block_cols, causal)
+  return jnp.broadcast_to(lo, (batch, lo.shape[1])), jnp.broadcast_to(hi, (batch, hi.shape[1]))
+
+
+def _dq_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, block_k):
+  if has_segments:
+    (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, k_seg_ref,
+     lo_ref, hi_ref, dq_ref) = refs
+  else:
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lo_ref, hi_ref, dq_ref = refs
+  q_block = pl.num_programs(0) - 1 - pl.program_id(0)
+  q = q_ref[...]
+  do = do_ref[...]
+  lse = lse_ref[...]
+  delta = delta_ref[...]
+  head_dim = q.shape[-1]
+  q_pos = q_block * block_q + jnp.arange(block_q)
+  q_seg = q_seg_ref[...] if has_segments else None
+  lo, hi = lo_ref[q_block], hi_ref[q_block]
+
+  def body(k_block, dq, apply_causal):
+    k_slice = pl.ds(pl.multiple_of(k_block * block_k, block_k), block_k)
+    k = k_ref[k_slice, :]
+    v = v_ref[k_slice, :]
+    scores = _dot(q, k, trans_b=True) * scale_log2
+    k_seg = k_seg_ref[k_slice] if has_segments else None
+    k_pos = k_block * block_k + jnp.arange(block_k)
+    mask = _mask(q_pos, k_pos, q_seg, k_seg, causal and apply_causal)
+    if mask is not None:
+      scores = jnp.where(mask, scores, MASK_VALUE)
+    probs = jnp.exp2(scores - lse[:, None])
+    dprobs = _dot(do, v, trans_b=True)
+    dscores = probs * (dprobs - delta[:, None])
+    return dq + _dot(dscores.astype(k.dtype), k)
+
+  dq = jnp.zeros((block_q, head_dim), jnp.float32)
+  if causal:
+    mid = jnp.clip((q_block * block_q + 1) // block_k, lo, hi)
+    dq = jax.lax.fori_loop(lo, mid, functools.partial(body, apply_causal=False), dq)
+    dq = jax.lax.fori_loop(mid, hi, functools.partial(body, apply_causal=True), dq)
+  else:
+    dq = jax.lax.fori_loop(lo, hi, functools.partial(body, apply_causal=False), dq)
+  dq_ref[...] = (dq * sm_scale).astype(dq_ref.dtype)
+
+
+def _dkv_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, block_k, group):
+  if has_segments:
+    (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, k_seg_ref,
+     lo_ref, hi_ref, dk_ref, dv_ref) = refs
+  else:
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lo_ref, hi_ref, dk_ref, dv_ref = refs
+  k_block = pl.num_programs(0) - 1 - pl.program_id(0)
+  k = k_ref[...]
+  v = v_ref[...]
+  head_dim = k.shape[-1]
+  k_pos = k_block * block_k + jnp.arange(block_k)
+  k_seg = k_seg_ref[...] if has_segments else None
+  lo, hi = lo_ref[k_block], hi_ref[k_block]
+
+  def body(q_block, carry, head, apply_causal):
+    dk, dv = carry
+    q_slice = pl.ds(pl.multiple_of(q_block * block_q, block_q), block_q)
+    q = q_ref[q_slice, head, :]
+    do = do_ref[q_slice, head, :]
+    lse = lse_ref[head, q_slice]
+    delta = delta_ref[head, q_slice]
+    # Transposed tile [block_k, block_q]: keys along rows.
+    scores = _dot(k, q, trans_b=True) * scale_log2
+    q_seg = q_seg_ref[q_slice] if has_segments else None
+    q_pos = q_block * block_q + jnp.arange(block_q)
+    mask = None
+    if causal and apply_causal:
+      mask = k_pos[:, None] <= q_pos[None, :]
+    if has_segments:
+      same = k_seg[:, None] == q_seg[None, :]
+      mask = same if mask is None else mask & same
+    if mask is not None:
+      scores = jnp.where(mask, scores, MASK_VALUE)
+    probs = jnp.exp2(scores - lse[None, :])
+    dv = dv + _dot(probs.astype(do.dtype), do)
+    dprobs = _dot(v, do, trans_b=True)
+    dscores = probs * (dprobs - delta[None, :])
+    dk = dk + _dot(dscores.astype(q.dtype), q)
+    return dk, dv
+
+  if causal:
+    # Query blocks wholly at or after the last key row need no causal mask.
+    mid = jnp.clip(((k_block + 1) * block_k - 1 + block_q - 1) // block_q, lo, hi)
+  def head_body(head, carry):
+    if causal:
+      carry = jax.lax.fori_loop(
+          lo, mid, functools.partial(body, head=head, apply_causal=True), carry)
+      return jax.lax.fori_loop(
+          mid, hi, functools.partial(body, head=head, apply_causal=False), carry)
+    return jax.lax.fori_loop(lo, hi, functools.partial(body, head=head, apply_causal=False),
+                             carry)
+
+  zeros = jnp.zeros((block_k, head_dim), jnp.float32)
+  dk, dv = jax.lax.fori_loop(0, group, head_body, (zeros, zeros))
+  dk_ref[...] = (dk * sm_scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_sizes,
+             interpret=False, num_warps=None, num_stages=None):
+  """Gradients (dq, dk, dv) of the attention output, in the inputs' shapes and dtypes.
+
+  Args:
+    q, k, v, segment_ids: as in `forward`.
+    out: the forward output `[batch, length, heads, head_dim]`.
+    lse: base-2 log-sum-exp `[batch, heads, length]` fp32 from `forward`.
+    d_out: cotangent of out `[batch, length, heads, head_dim]`.
+    causal, sm_scale, block_sizes, interpret, num_warps, num_stages: as in `forward`.
+  """
+  batch, length, heads, head_dim = q.shape
+  kv_heads = k.shape[2]
+  group = heads // kv_heads
+  has_segments = segment_ids is not None
+  # delta[b, h, i] = sum_d out * d_out: the softmax Jacobian's row term.
+  delta = jnp.einsum("blhd,blhd->bhl", out.astype(jnp.float32), d_out.astype(jnp.float32))
+  params = plgpu.CompilerParams(num_warps=num_warps or (4 if head_dim <= 64 else 8),
+                                num_stages=num_stages or 2)
+  scale_log2 = sm_scale * LOG2_E
+
+  # dq: one program per (query block, batch, head).
+  block_q, block_k = block_sizes.block_q_dq, block_sizes.block_k_dq
+  num_q = length // block_q
+  lo, hi = _ranges(segment_ids, batch, length, block_q, block_k, causal, transpose=False)
+  rev = lambda i: num_q - 1 - i
+  q_spec = pl.BlockSpec((None, block_q, None, head_dim), lambda i, b, h: (b, rev(i), h, 0))
+  kv_spec = pl.BlockSpec((None, length, None, head_dim), lambda i, b, h: (b, 0, h // group, 0))
+  row_spec = pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, rev(i)))
+  range_spec = pl.BlockSpec((None, num_q), lambda i, b, h: (b, 0))
+  in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
+  inputs = [q, k, v, d_out, lse, delta]
+  if has_segments:
+    in_specs += [pl.BlockSpec((None, block_q), lambda i, b, h: (b, rev(i))),
+                 pl.BlockSpec((None, length), lambda i, b, h: (b, 0))]
+    inputs += [segment_ids, segment_ids]
+  in_specs += [range_spec, range_spec]
+  inputs += [lo, hi]
+  dq = pl.pallas_call(
+      functools.partial(_dq_kernel, causal=causal, has_segments=has_segments,
+                        scale_log2=scale_log2, sm_scale=sm_scale,
+                        block_q=block_q, block_k=block_k),
+      grid=(num_q, batch, heads),
+      in_specs=in_specs,
+      out_specs=q_spec,
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      compiler_params=params,
+      interpret=interpret,
+      name="flash_attention_dq",
+  )(*inputs)
+
+  # dk, dv: one program per (key block, batch, kv head), looping over its query heads.
+  block_q, block_k = block_sizes.block_q_dkv, block_sizes.block_k_dkv
+  num_k = length // block_k
+  lo, hi = _ranges(segment_ids, batch, length, block_q, block_k, causal, transpose=True)
+  rev = lambda j: num_k - 1 - j
+  grouped = lambda x: x.reshape(batch, length, kv_heads, group, head_dim)
+  grouped_rows = lambda x: x.reshape(batch, kv_heads, group, length)
+  q_spec = pl.BlockSpec((None, length, None, group, head_dim),
+                        lambda j, b, g: (b, 0, g, 0, 0))
+  kv_spec = pl.BlockSpec((None, block_k, None, head_dim), lambda j, b, g: (b, rev(j), g, 0))
+  row_spec = pl.BlockSpec((None, None, group, length), lambda j, b, g: (b, g, 0, 0))
+  range_spec = pl.BlockSpec((None, num_k), lambda j, b, g: (b, 0))
+  in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
+  inputs = [grouped(q), k, v, grouped(d_out), grouped_rows(lse), grouped_rows(delta)]
+  if has_segments:
+    in_specs += [pl.BlockSpec((None, length), lambda j, b, g: (b, 0)),
+                 pl.BlockSpec((None, block_k), lambda j, b, g: (b, rev(j)))]
+    inputs += [segment_ids, segment_ids]
+  in_specs += [range_spec, range_spec]
+  inputs += [lo, hi]
+  dk, dv = pl.pallas_call(
+      functools.partial(_dkv_kernel, causal=causal, has_segments=has_segments,
+                        scale_log2=scale_log2, sm_scale=sm_scale,
+                        block_q=block_q, block_k=block_k, group=group),
+      grid=(num_k, batch, kv_heads),
+      in_specs=in_specs,
+      out_specs=[kv_spec, kv_spec],
+      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
+                 jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      compiler_params=params,
+      interpret=interpret,
+      name="flash_attention_dkv",
+  )(*inputs)
+  return dq, dk, dv

@@ -1,0 +1,1 @@
+"""Placeholder until the Mosaic kernel lands."""
