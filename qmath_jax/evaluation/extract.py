@@ -1,0 +1,93 @@
+"""Final-answer extraction from a model response.
+
+Order (SPEC, "Inference and evaluation"): the last `\\boxed{...}` (brace-balanced), else the text
+after the last "the answer is" / "final answer is" / "答案是", else the last number. Multiple-choice
+problems take letters A-E. The result is normalised with `normalize_answer`.
+"""
+
+import re
+
+from qmath_jax.evaluation import normalize
+
+# Datasets whose every problem is multiple choice; others decide per problem (see gold.py).
+CHOICE_DATASETS = frozenset({"aqua", "sat_math", "mmlu_stem", "gaokao_math_qa"})
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_ANSWER_PHRASES = re.compile(r"(?:final answer is|the answer is|answer is|答案是|答案为|答案:)",
+                             re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?|-?\.\d+")
+_LETTER = re.compile(r"(?<![A-Za-z\\])([A-E])(?![A-Za-z])")
+_LETTER_LIST = re.compile(r"^[\s(]*[A-E](?:[\s,、和与and)(]*[A-E])*[\s,.)]*$")
+
+
+def last_boxed(text: str) -> str | None:
+  """Content of the last `\\boxed{...}` / `\\fbox{...}` (brace-balanced), or of `\\boxed x`."""
+  start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
+  if start < 0:
+    return None
+  i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
+  while i < len(text) and text[i] == " ":
+    i += 1
+  if i >= len(text) or text[i] != "{":
+    m = re.match(r"([^\s$]+)", text[i:])
+    return m.group(1) if m else None
+  depth = 0
+  for j in range(i, len(text)):
+    if text[j] == "{":
+      depth += 1
+    elif text[j] == "}":
+      depth -= 1
+      if depth == 0:
+        return text[i + 1:j]
+  return None
+
+
+def _after_answer_phrase(text: str) -> str | None:
+  matches = list(_ANSWER_PHRASES.finditer(text))
+  if not matches:
+    return None
+  tail = text[matches[-1].end():].strip().lstrip(":：").strip()
+  tail = tail.split("\n", 1)[0].strip()
+  # A sentence ends at ". " (not at a decimal point).
+  tail = re.split(r"(?<!\d)\.(?:\s|$)|。", tail, maxsplit=1)[0]
+  return tail.strip().rstrip(".")
+
+
+def choice_letters(span: str, last: bool = False) -> str | None:
+  """Letters A-E picked from a span: `"B, D"` -> `"BD"`; `"(C) 12"` -> `"C"`."""
+  span = normalize.normalize_answer(span) if "\\" in span else span.strip()
+  span = span.replace("\\text", "").replace("{", " ").replace("}", " ")
+  if _LETTER_LIST.match(span):
+    return "".join(sorted(set(re.findall(r"[A-E]", span))))
+  found = _LETTER.findall(span)
+  if not found:
+    return None
+  return found[-1] if last else found[0]
+
+
+def extract_answer(text: str, data_name: str = "math", *, choice: bool | None = None) -> str:
+  """Returns the normalised final answer of `text` ("" when none is found).
+
+  Args:
+    text: a model response (or a reference solution).
+    data_name: dataset name; multiple-choice datasets (CHOICE_DATASETS) answer with letters.
+    choice: overrides the dataset default, for sets that mix choice and open problems
+      (gaokao2024_*, cn_middle_school, gaokao2024_mix decide per problem).
+  """
+  if choice is None:
+    choice = data_name in CHOICE_DATASETS
+  text = text or ""
+  span = last_boxed(text)
+  if span is None:
+    span = _after_answer_phrase(text)
+  if choice:
+    if span is not None:
+      letters = choice_letters(span)
+      if letters:
+        return letters
+    letters = choice_letters(text[-300:], last=True)
+    return letters or ""
+  if span is None:
+    numbers = _NUMBER.findall(text.replace("$", " "))
+    span = numbers[-1] if numbers else ""
+  return normalize.normalize_answer(span)

@@ -1,0 +1,262 @@
+"""`math_equal(pred, gold)`: is a predicted final answer equivalent to the gold answer?
+
+Checks, cheapest first (SPEC, "Inference and evaluation"):
+  1. normalised strings equal, case-insensitive;
+  2. multiple choice: gold letters A-E against predicted letters (as a set, for "BC");
+  3. plain numbers: relative tolerance 1e-4, also against gold x100 and /100 (percent forms);
+     two integers must be equal exactly (1e-4 would accept 100001 for 100000);
+  4. structure: matrices cell by cell; unions, sets and bare lists as multisets; tuples and
+     intervals element-wise with the same brackets; `\\pm` expands to both signs; equations as
+     `lhs - rhs` up to a non-zero factor;
+  5. one expression each: exact/complex evaluation at a few fixed points (`numeric`); only
+     when that is inconclusive (overflow, huge powers, domain errors), sympy in a worker
+     process (`symbolic`), with `timeout` seconds; a timeout counts as not equal.
+"""
+
+import fractions
+import re
+
+from qmath_jax.evaluation import latex_expr
+from qmath_jax.evaluation import normalize
+from qmath_jax.evaluation import numeric
+from qmath_jax.evaluation import symbolic
+
+Fraction = fractions.Fraction
+
+NUMBER_REL_TOL = 1e-4     # SPEC: numbers within relative 1e-4
+EXPRESSION_REL_TOL = 1e-6  # point-wise agreement of expressions with variables
+_MAX_DEPTH = 4
+
+_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$", re.IGNORECASE)
+_PLAIN_FRACTION = re.compile(r"^([+-]?)\\frac\{(\d+(?:\.\d+)?)\}\{(\d+(?:\.\d+)?)\}$")
+_LETTERS = re.compile(r"^[A-E]+$")
+_MATRIX = re.compile(r"\\begin\{(?:pmatrix|bmatrix|Bmatrix|vmatrix|matrix|array)\}(?:\{[^}]*\})?"
+                     r"(.*?)\\end\{(?:pmatrix|bmatrix|Bmatrix|vmatrix|matrix|array)\}", re.DOTALL)
+_RELATIONS = re.compile(r"<|>|\\le(?![a-z])|\\ge(?![a-z])|\\ne(?![a-z])|\\approx")
+_OPEN = {"(": ")", "[": "]", "\\{": "\\}"}
+_ALIASES = {"\\varnothing": "\\emptyset", "{}": "\\emptyset", "\\{\\}": "\\emptyset",
+            "infinity": "\\infty", "+\\infty": "\\infty", "oo": "\\infty",
+            "true": "yes", "false": "no"}
+
+
+def plain_number(s: str) -> Fraction | None:
+  """`"-12"`, `"3.50"`, `"1e3"`, `"\\frac{1}{2}"` -> Fraction; anything else -> None."""
+  s = s.replace(" ", "")
+  if _PLAIN_NUMBER.match(s):
+    try:
+      return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+      return None
+  m = _PLAIN_FRACTION.match(s)
+  if m and Fraction(m.group(3)) != 0:
+    value = Fraction(m.group(2)) / Fraction(m.group(3))
+    return -value if m.group(1) == "-" else value
+  return None
+
+
+def numbers_equal(pred: Fraction, gold: Fraction) -> bool:
+  """SPEC number rule: exact for two integers, else relative 1e-4, with percent forms."""
+  for target in (gold, gold * 100, gold / 100):
+    if pred.denominator == 1 and target.denominator == 1:
+      if pred == target:
+        return True
+    elif numeric.close(pred, target, NUMBER_REL_TOL):
+      return True
+  return False
+
+
+def split_top_level(s: str, sep: str) -> list[str]:
+  """Splits on `sep` outside (), [], {} and \\{ \\}."""
+  parts, depth, start, i = [], 0, 0, 0
+  while i < len(s):
+    if s.startswith("\\{", i) or s.startswith("\\}", i):
+      depth += 1 if s[i + 1] == "{" else -1
+      i += 2
+      continue
+    ch = s[i]
+    if ch in "([{":
+      depth += 1
+    elif ch in ")]}":
+      depth -= 1
+    elif depth == 0 and s.startswith(sep, i):
+      parts.append(s[start:i])
+      i += len(sep)
+      start = i
+      continue
+    i += 1
+  parts.append(s[start:])
+  return [p.strip() for p in parts]
+
+
+def _outer_brackets(s: str) -> tuple[str, str, str] | None:
+  """(open, inner, close) when one bracket pair encloses the whole string."""
+  for open_tok in ("\\{", "(", "["):
+    if s.startswith(open_tok):
+      break
+  else:
+    return None
+  close_tok = s[-2:] if s.endswith("\\}") else s[-1:]
+  if close_tok not in (")", "]", "\\}"):
+    return None
+  inner = s[len(open_tok):len(s) - len(close_tok)]
+  depth = 0
+  for ch in inner.replace("\\{", "(").replace("\\}", ")"):
+    depth += (ch in "([{") - (ch in ")]}")
+    if depth < 0:
+      return None
+  return (open_tok, inner, close_tok) if depth == 0 else None
+
+
+def _expand_pm(items: list[str]) -> list[str]:
+  out = []
+  for item in items:
+    if item.count("\\pm") == 1:
+      out += [item.replace("\\pm", "+"), item.replace("\\pm", "-")]
+    elif item.count("\\mp") == 1:
+      out += [item.replace("\\mp", "-"), item.replace("\\mp", "+")]
+    else:
+      out.append(item)
+  return out
+
+
+def _matrix_cells(s: str) -> list[list[str]] | None:
+  m = _MATRIX.search(s)
+  if not m:
+    return None
+  rows = [r for r in (row.strip() for row in m.group(1).split("\\\\")) if r]
+  return [[c.strip() for c in row.split("&")] for row in rows]
+
+
+def _match_unordered(preds: list[str], golds: list[str], timeout: float, depth: int) -> bool:
+  if len(preds) != len(golds):
+    return False
+  unused = list(preds)
+  for g in golds:
+    for k, p in enumerate(unused):
+      if _equal(p, g, timeout, depth + 1):
+        del unused[k]
+        break
+    else:
+      return False
+  return True
+
+
+def _match_ordered(preds: list[str], golds: list[str], timeout: float, depth: int) -> bool:
+  return len(preds) == len(golds) and all(
+      _equal(p, g, timeout, depth + 1) for p, g in zip(preds, golds))
+
+
+def _expressions_equal(pred: str, gold: str, timeout: float, equation: bool = False) -> bool:
+  """One expression each (or `lhs - rhs` of equations, up to a non-zero factor)."""
+  try:
+    if equation:
+      (pl, pr), (gl, gr) = pred.split("="), gold.split("=")
+      a = ("add", (latex_expr.parse_latex(pl), ("neg", latex_expr.parse_latex(pr))))
+      b = ("add", (latex_expr.parse_latex(gl), ("neg", latex_expr.parse_latex(gr))))
+    else:
+      a, b = latex_expr.parse_latex(pred), latex_expr.parse_latex(gold)
+  except latex_expr.LatexError:
+    return False
+  names = latex_expr.free_symbols(a) | latex_expr.free_symbols(b)
+  try:
+    if not names and not equation:
+      va, vb = numeric.evaluate(a, {}), numeric.evaluate(b, {})
+      if isinstance(va, Fraction) and isinstance(vb, Fraction):
+        return numbers_equal(va, vb) if _is_numeric_literal(pred) else va == vb or (
+            numeric.close(va, vb, NUMBER_REL_TOL) and not (
+                va.denominator == 1 and vb.denominator == 1))
+      return numeric.close(va, vb, NUMBER_REL_TOL)
+    points = numeric.sample_points(names)
+    pairs = [(numeric.evaluate(a, env), numeric.evaluate(b, env)) for env in points]
+  except numeric.Undecided:
+    return symbolic.symbolic_equal(latex_expr.to_json(a), latex_expr.to_json(b), timeout,
+                                   up_to_sign=equation)
+  if not equation:
+    return all(numeric.close(x, y, EXPRESSION_REL_TOL) for x, y in pairs)
+  ratio = None
+  for x, y in pairs:
+    x, y = complex(x), complex(y)
+    if abs(y) < 1e-12 or abs(x) < 1e-12:
+      if not (abs(y) < 1e-12 and abs(x) < 1e-12):
+        return False
+      continue
+    if ratio is None:
+      ratio = x / y
+    elif not numeric.close(x / y, ratio, EXPRESSION_REL_TOL):
+      return False
+  return True
+
+
+def _is_numeric_literal(s: str) -> bool:
+  return plain_number(s) is not None
+
+
+def _equal(pred: str, gold: str, timeout: float, depth: int = 0) -> bool:
+  pred, gold = pred.strip(), gold.strip()
+  if depth:
+    pred, gold = normalize.normalize_answer(pred), normalize.normalize_answer(gold)
+  cp, cg = normalize.compact(pred), normalize.compact(gold)
+  cp, cg = _ALIASES.get(cp, cp), _ALIASES.get(cg, cg)
+  if not cp or not cg:
+    return False
+  if cp == cg:
+    return True
+  if depth > _MAX_DEPTH:
+    return False
+  # Multiple choice.
+  if _LETTERS.match(gold.replace(" ", "")):
+    letters = pred.replace(" ", "").replace(",", "")
+    return bool(_LETTERS.match(letters)) and sorted(set(letters)) == sorted(set(gold.replace(
+        " ", "")))
+  # Plain numbers.
+  pn, gn = plain_number(pred), plain_number(gold)
+  if pn is not None and gn is not None:
+    return numbers_equal(pn, gn)
+  # Matrices.
+  pm, gm = _matrix_cells(pred), _matrix_cells(gold)
+  if pm is not None or gm is not None:
+    if pm is None or gm is None or [len(r) for r in pm] != [len(r) for r in gm]:
+      return False
+    return _match_ordered([c for r in pm for c in r], [c for r in gm for c in r], timeout, depth)
+  # Unions of intervals or sets.
+  pu, gu = split_top_level(pred, "\\cup"), split_top_level(gold, "\\cup")
+  if len(pu) > 1 or len(gu) > 1:
+    return _match_unordered(pu, gu, timeout, depth)
+  # Sequences: sets, tuples, intervals, bare lists.
+  pb, gb = _outer_brackets(pred), _outer_brackets(gold)
+  p_items = split_top_level(pb[1] if pb else pred, ",")
+  g_items = split_top_level(gb[1] if gb else gold, ",")
+  if len(p_items) > 1 or len(g_items) > 1 or "\\pm" in pred + gold or "\\mp" in pred + gold:
+    p_items, g_items = _expand_pm(p_items), _expand_pm(g_items)
+    if len(p_items) == 1 and len(g_items) == 1:
+      return _equal(p_items[0], g_items[0], timeout, depth + 1)
+    p_set = pb is None or pb[0] == "\\{"
+    g_set = gb is None or gb[0] == "\\{"
+    if p_set or g_set:
+      return _match_unordered(p_items, g_items, timeout, depth)
+    if (pb[0], pb[2]) != (gb[0], gb[2]):
+      return False
+    return _match_ordered(p_items, g_items, timeout, depth)
+  if pb and gb and (pb[0], pb[2]) == (gb[0], gb[2]) and (pb[0] != "(" or depth == 0):
+    return _equal(pb[1], gb[1], timeout, depth + 1)
+  # Relations other than '=' compare as strings only (done above).
+  if _RELATIONS.search(pred) or _RELATIONS.search(gold):
+    return False
+  if pred.count("=") == 1 and gold.count("=") == 1:
+    return _expressions_equal(pred, gold, timeout, equation=True)
+  if "=" in pred or "=" in gold:
+    return False
+  return _expressions_equal(pred, gold, timeout)
+
+
+def math_equal(pred, gold, timeout: float = 3.0) -> bool:
+  """True when `pred` is mathematically equivalent to `gold` (both raw or normalised strings).
+
+  Pure Python and thread-safe; the sympy fallback runs in a per-thread worker process and a
+  check that takes longer than `timeout` seconds returns False.
+  """
+  if pred is None or gold is None:
+    return False
+  pred = normalize.normalize_answer(str(pred))
+  gold = normalize.normalize_answer(str(gold))
+  return _equal(pred, gold, timeout)

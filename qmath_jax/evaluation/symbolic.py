@@ -1,0 +1,185 @@
+"""Symbolic equality in a persistent sympy worker process, with a timeout that works anywhere.
+
+Signal-based timeouts only work in the main thread, so the expensive check runs in a child
+process (this file run as a script; it imports only the standard library and sympy). The
+client writes one JSON request per line and waits on the pipe with `select`; when the answer
+does not come within the timeout the child is killed, the check counts as "not equal", and the
+next check starts a fresh child. Each thread (and each forked process) gets its own child.
+
+Request: {"a": tree, "b": tree, "up_to_sign": bool}; trees are `latex_expr.to_json` lists.
+Reply: {"equal": bool}.
+"""
+
+import atexit
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+
+_STARTUP_TIMEOUT_S = 60.0
+_MEMORY_LIMIT_BYTES = 2 << 30
+
+
+class SympyWorker:
+  """One child process answering equality questions; restarted after a timeout or crash."""
+
+  def __init__(self):
+    self.proc = None
+    self.buffer = b""
+
+  def _start(self) -> None:
+    self.proc = subprocess.Popen(
+        [sys.executable, "-u", os.path.abspath(__file__)], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
+    self.buffer = b""
+    if self._read_line(_STARTUP_TIMEOUT_S) != b"ready":
+      self.close()
+      raise RuntimeError("sympy worker did not start")
+
+  def _read_line(self, timeout: float) -> bytes | None:
+    deadline = time.monotonic() + timeout
+    fd = self.proc.stdout.fileno()
+    while b"\n" not in self.buffer:
+      left = deadline - time.monotonic()
+      if left <= 0:
+        return None
+      ready, _, _ = select.select([fd], [], [], left)
+      if not ready:
+        return None
+      chunk = os.read(fd, 65536)
+      if not chunk:
+        return None
+      self.buffer += chunk
+    line, self.buffer = self.buffer.split(b"\n", 1)
+    return line.strip()
+
+  def close(self) -> None:
+    if self.proc is not None:
+      try:
+        self.proc.kill()
+        self.proc.wait(timeout=5)
+      except (OSError, subprocess.TimeoutExpired):
+        pass
+      for pipe in (self.proc.stdin, self.proc.stdout):
+        try:
+          pipe.close()
+        except OSError:
+          pass
+    self.proc = None
+
+  def equal(self, a, b, timeout: float, up_to_sign: bool = False) -> bool:
+    """True when sympy proves a == b (or a == -b) within `timeout` seconds."""
+    if self.proc is None or self.proc.poll() is not None:
+      self._start()
+    request = json.dumps({"a": a, "b": b, "up_to_sign": up_to_sign}).encode() + b"\n"
+    try:
+      self.proc.stdin.write(request)
+      self.proc.stdin.flush()
+    except (BrokenPipeError, OSError):
+      self.close()
+      return False
+    line = self._read_line(timeout)
+    if line is None:
+      self.close()   # timed out (or died): kill it; the next call starts a fresh one
+      return False
+    try:
+      return bool(json.loads(line)["equal"])
+    except (ValueError, KeyError):
+      return False
+
+
+_local = threading.local()
+_all_workers = []
+_all_lock = threading.Lock()
+
+
+def worker() -> SympyWorker:
+  """The calling thread's worker (a forked child never reuses its parent's)."""
+  owner = getattr(_local, "owner", None)
+  if owner != os.getpid():
+    _local.worker = SympyWorker()
+    _local.owner = os.getpid()
+    with _all_lock:
+      _all_workers.append(_local.worker)
+  return _local.worker
+
+
+@atexit.register
+def _close_all() -> None:
+  for w in _all_workers:
+    if w.proc is not None and w.proc.pid and os.getpid() != w.proc.pid:
+      w.close()
+
+
+def symbolic_equal(a, b, timeout: float = 3.0, up_to_sign: bool = False) -> bool:
+  """sympy equality of two `latex_expr.to_json` trees; False on timeout or error."""
+  return worker().equal(a, b, timeout, up_to_sign)
+
+
+# ----------------------------------------------------------------------------- child process
+
+
+def _to_sympy(tree, sp):
+  kind = tree[0]
+  if kind == "num":
+    return sp.Rational(tree[1])
+  if kind == "sym":
+    return sp.Symbol(tree[1])
+  if kind == "const":
+    return {"pi": sp.pi, "e": sp.E, "i": sp.I, "inf": sp.oo}[tree[1]]
+  if kind == "neg":
+    return -_to_sympy(tree[1], sp)
+  if kind == "add":
+    return sp.Add(*[_to_sympy(c, sp) for c in tree[1]])
+  if kind == "mul":
+    return sp.Mul(*[_to_sympy(c, sp) for c in tree[1]])
+  if kind == "div":
+    return _to_sympy(tree[1], sp) / _to_sympy(tree[2], sp)
+  if kind == "pow":
+    return sp.Pow(_to_sympy(tree[1], sp), _to_sympy(tree[2], sp))
+  if kind == "fact":
+    return sp.factorial(_to_sympy(tree[1], sp))
+  if kind == "fn":
+    args = [_to_sympy(c, sp) for c in tree[2]]
+    table = {"sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "sec": sp.sec, "csc": sp.csc,
+             "cot": sp.cot, "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan,
+             "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh, "exp": sp.exp, "ln": sp.log,
+             "abs": sp.Abs, "floor": sp.floor, "ceil": sp.ceiling, "binom": sp.binomial}
+    return table[tree[1]](*args)
+  raise ValueError(f"unknown node {kind}")
+
+
+def _is_zero(expr, sp) -> bool:
+  if expr == 0:
+    return True
+  if sp.simplify(expr) == 0:
+    return True
+  value = sp.N(expr, 30)
+  return value.is_number and abs(complex(value)) < 1e-12
+
+
+def _serve() -> None:
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+    resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT_BYTES, _MEMORY_LIMIT_BYTES))
+  except (ImportError, ValueError, OSError):
+    pass
+  import sympy as sp  # pylint: disable=g-import-not-at-top
+  sys.stdout.write("ready\n")
+  sys.stdout.flush()
+  for line in sys.stdin:
+    try:
+      request = json.loads(line)
+      a, b = _to_sympy(request["a"], sp), _to_sympy(request["b"], sp)
+      equal = _is_zero(a - b, sp) or (request.get("up_to_sign") and _is_zero(a + b, sp))
+    except Exception:  # pylint: disable=broad-except
+      equal = False
+    sys.stdout.write(json.dumps({"equal": bool(equal)}) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  _serve()
