@@ -3,8 +3,10 @@
 Checks, cheapest first (SPEC, "Inference and evaluation"):
   1. normalised strings equal, case-insensitive;
   2. multiple choice: gold letters A-E against predicted letters (as a set, for "BC");
-  3. plain numbers: relative tolerance 1e-4, also against gold x100 and /100 (percent forms);
-     two integers must be equal exactly (1e-4 would accept 100001 for 100000);
+  3. plain numbers: relative tolerance 1e-4 when either side is written as a decimal (an
+     approximation), exact otherwise (1e-4 would accept 100001 for 100000, or 1 for
+     4036082/4036081); gold x100 and /100 are accepted only when either side carries a `%`
+     (SPEC's percent rule, applied to every number, would accept any answer 100 times off);
   4. structure: matrices cell by cell; unions, sets and bare lists as multisets; tuples and
      intervals element-wise with the same brackets; `\\pm` expands to both signs; equations as
      `lhs - rhs` up to a non-zero factor;
@@ -25,6 +27,7 @@ Fraction = fractions.Fraction
 
 NUMBER_REL_TOL = 1e-4     # SPEC: numbers within relative 1e-4
 EXPRESSION_REL_TOL = 1e-6  # point-wise agreement of expressions with variables
+EXACT_REL_TOL = 1e-9       # two exact irrational constants (float evaluation error only)
 _MAX_DEPTH = 4
 
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$", re.IGNORECASE)
@@ -40,8 +43,8 @@ _ALIASES = {"\\varnothing": "\\emptyset", "{}": "\\emptyset", "\\{\\}": "\\empty
 
 
 def plain_number(s: str) -> Fraction | None:
-  """`"-12"`, `"3.50"`, `"1e3"`, `"\\frac{1}{2}"` -> Fraction; anything else -> None."""
-  s = s.replace(" ", "")
+  """`"-12"`, `"3.50"`, `"1e3"`, `"\\frac{1}{2}"`, `"50%"` -> Fraction; else None."""
+  s = s.replace(" ", "").removesuffix("%")
   if _PLAIN_NUMBER.match(s):
     try:
       return Fraction(s)
@@ -54,15 +57,18 @@ def plain_number(s: str) -> Fraction | None:
   return None
 
 
-def numbers_equal(pred: Fraction, gold: Fraction) -> bool:
-  """SPEC number rule: exact for two integers, else relative 1e-4, with percent forms."""
-  for target in (gold, gold * 100, gold / 100):
-    if pred.denominator == 1 and target.denominator == 1:
-      if pred == target:
-        return True
-    elif numeric.close(pred, target, NUMBER_REL_TOL):
+def numbers_equal(pred: Fraction, gold: Fraction, approximate: bool = True,
+                  percent: bool = False) -> bool:
+  """Relative 1e-4 when `approximate` (a decimal is involved), else exact; percent forms."""
+  targets = (gold, gold * 100, gold / 100) if percent else (gold,)
+  for target in targets:
+    if pred == target or (approximate and numeric.close(pred, target, NUMBER_REL_TOL)):
       return True
   return False
+
+
+def _approximate(*texts: str) -> bool:
+  return any(re.search(r"\d\.\d", t) for t in texts)
 
 
 def split_top_level(s: str, sep: str) -> list[str]:
@@ -154,7 +160,8 @@ def _expressions_equal(pred: str, gold: str, timeout: float, equation: bool = Fa
       a = ("add", (latex_expr.parse_latex(pl), ("neg", latex_expr.parse_latex(pr))))
       b = ("add", (latex_expr.parse_latex(gl), ("neg", latex_expr.parse_latex(gr))))
     else:
-      a, b = latex_expr.parse_latex(pred), latex_expr.parse_latex(gold)
+      a = latex_expr.parse_latex(pred.removesuffix("%"))
+      b = latex_expr.parse_latex(gold.removesuffix("%"))
   except latex_expr.LatexError:
     return False
   names = latex_expr.free_symbols(a) | latex_expr.free_symbols(b)
@@ -162,20 +169,19 @@ def _expressions_equal(pred: str, gold: str, timeout: float, equation: bool = Fa
     if not names and not equation:
       va, vb = numeric.evaluate(a, {}), numeric.evaluate(b, {})
       if isinstance(va, Fraction) and isinstance(vb, Fraction):
-        return numbers_equal(va, vb) if _is_numeric_literal(pred) else va == vb or (
-            numeric.close(va, vb, NUMBER_REL_TOL) and not (
-                va.denominator == 1 and vb.denominator == 1))
-      return numeric.close(va, vb, NUMBER_REL_TOL)
+        return numbers_equal(va, vb, _approximate(pred, gold))
+      return numeric.close(va, vb, NUMBER_REL_TOL if _approximate(pred, gold) else
+                           EXACT_REL_TOL)
     points = numeric.sample_points(names)
     pairs = [(numeric.evaluate(a, env), numeric.evaluate(b, env)) for env in points]
-  except numeric.Undecided:
+    pairs = [(complex(x), complex(y)) for x, y in pairs]
+  except (numeric.Undecided, OverflowError):
     return symbolic.symbolic_equal(latex_expr.to_json(a), latex_expr.to_json(b), timeout,
                                    up_to_sign=equation)
   if not equation:
     return all(numeric.close(x, y, EXPRESSION_REL_TOL) for x, y in pairs)
   ratio = None
   for x, y in pairs:
-    x, y = complex(x), complex(y)
     if abs(y) < 1e-12 or abs(x) < 1e-12:
       if not (abs(y) < 1e-12 and abs(x) < 1e-12):
         return False
@@ -185,10 +191,6 @@ def _expressions_equal(pred: str, gold: str, timeout: float, equation: bool = Fa
     elif not numeric.close(x / y, ratio, EXPRESSION_REL_TOL):
       return False
   return True
-
-
-def _is_numeric_literal(s: str) -> bool:
-  return plain_number(s) is not None
 
 
 def _equal(pred: str, gold: str, timeout: float, depth: int = 0) -> bool:
@@ -211,7 +213,7 @@ def _equal(pred: str, gold: str, timeout: float, depth: int = 0) -> bool:
   # Plain numbers.
   pn, gn = plain_number(pred), plain_number(gold)
   if pn is not None and gn is not None:
-    return numbers_equal(pn, gn)
+    return numbers_equal(pn, gn, _approximate(pred, gold), "%" in pred + gold)
   # Matrices.
   pm, gm = _matrix_cells(pred), _matrix_cells(gold)
   if pm is not None or gm is not None:
@@ -259,4 +261,7 @@ def math_equal(pred, gold, timeout: float = 3.0) -> bool:
     return False
   pred = normalize.normalize_answer(str(pred))
   gold = normalize.normalize_answer(str(gold))
-  return _equal(pred, gold, timeout)
+  try:
+    return _equal(pred, gold, timeout)
+  except (ArithmeticError, ValueError, RecursionError, numeric.Undecided):
+    return False   # an answer the grader cannot read is not a correct answer

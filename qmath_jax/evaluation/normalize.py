@@ -2,7 +2,7 @@
 
 `normalize_answer` turns a final-answer string into a canonical LaTeX-ish form: no `$`, no
 `\\left`/`\\right`, no spacing commands, `\\dfrac`/`\\tfrac` -> `\\frac`, `\\frac12` ->
-`\\frac{1}{2}`, no degrees or percent signs, no trailing units, no `x =` prefix, number words
+`\\frac{1}{2}`, no degrees, percent signs as one trailing `%`, no trailing units, no `x =` prefix, number words
 as digits, no trailing `.0`. It is idempotent, and it never removes a letter that could be part
 of the mathematics: units are stripped only when they are whole words from `UNIT_WORDS`, or
 single letters wrapped in `\\text{}`/`\\mathrm{}` after a number (`4\\text{ m}` -> `4`, but
@@ -18,7 +18,7 @@ UNIT_WORDS = (
     "square centimeters", "square cm", "square miles", "square yards", "sq ft", "sq units",
     "cubic feet", "cubic inches", "cubic meters", "cubic centimeters", "cubic units",
     "units", "unit", "degrees", "degree", "radians", "dollars", "dollar", "cents", "cent",
-    "euros", "pounds", "yuan", "percent", "points", "point",
+    "euros", "pounds", "yuan", "points", "point",
     "meters", "meter", "metres", "metre", "centimeters", "centimeter", "millimeters",
     "kilometers", "kilometer", "miles", "mile", "feet", "foot", "inches", "inch",
     "yards", "yard", "mph", "km/h", "kmph", "m/s", "cm", "mm", "km", "ft", "in^2", "cm^2",
@@ -123,7 +123,7 @@ def normalize_answer(answer: str) -> str:
   s = s.replace("\\geq", "\\ge").replace("\\neq", "\\ne").replace("\\lt", "<").replace("\\gt", ">")
   s = re.sub(r"\\boxed\s*\{(.*)\}$", r"\1", s.strip())
   s = _DEGREES.sub("", s)
-  s = s.replace("\\%", "").replace("%", "")
+  s = re.sub(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\bpercent\b)", "%", s)
   s = _strip_units(s.strip())
   s = _unwrap_text(s)
   s = re.sub(r"\s+", " ", s).strip()

@@ -14,6 +14,7 @@ Fraction = fractions.Fraction
 
 _MAX_EXACT_BITS = 20000     # larger exact intermediate results are left to sympy
 _MAX_FACTORIAL = 300
+_FLOAT_MAX = Fraction(10) ** 300
 NUM_POINTS = 3
 _POINT_SEED = 20261128
 
@@ -23,7 +24,12 @@ class Undecided(Exception):
 
 
 def _as_complex(v) -> complex:
-  return complex(v) if not isinstance(v, complex) else v
+  if isinstance(v, complex):
+    return v
+  try:
+    return complex(v)
+  except OverflowError as err:
+    raise Undecided("too large for a float") from err
 
 
 def _bits(v: Fraction) -> int:
@@ -167,6 +173,11 @@ def close(a, b, rel_tol: float) -> bool:
     if a == b:
       return True
     return abs(a - b) <= Fraction(rel_tol) * max(abs(a), abs(b))
+  huge = [isinstance(v, Fraction) and abs(v) > _FLOAT_MAX for v in (a, b)]
+  if any(huge):
+    if all(huge):
+      raise Undecided("both beyond float range")
+    return False   # an exact value beyond float range cannot equal a finite float
   a, b = _as_complex(a), _as_complex(b)
   scale = max(abs(a), abs(b))
   return abs(a - b) <= max(rel_tol * scale, 1e-12)
