@@ -1,0 +1,163 @@
+"""Hugging Face Qwen2 checkpoints (config.json + safetensors) <-> our config and parameters.
+
+    cfg, params = load_hf("/ckpt/Qwen2.5-Math-7B", dtype="bfloat16", shardings=shardings)
+    save_hf(cfg, params, "/out/my-model")   # Qwen2ForCausalLM.from_pretrained loads it
+
+Loading reads one tensor at a time from memory-mapped files and builds each device's shard
+directly from the mapped bytes (`jax.make_array_from_callback`), casting as it goes: no torch,
+and never a whole second copy of the model in host memory.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+
+from qmath_jax.hf import config_io, mapping
+from qmath_jax.hf.safetensors_io import SafetensorsError, SafetensorsFile, write
+from qmath_jax.model.config import ModelConfig
+
+__all__ = ["load_hf", "save_hf", "read_config", "SafetensorsError"]
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def read_config(hf_dir, dtype: str = "float32") -> ModelConfig:
+  return config_io.read_config(pathlib.Path(hf_dir), dtype)
+
+
+class _Checkpoint:
+  """Tensor name -> memory-mapped file, over a single or sharded safetensors checkpoint."""
+
+  def __init__(self, hf_dir: pathlib.Path):
+    index = hf_dir / INDEX_FILE
+    if index.exists():
+      try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+      except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{index}: not a safetensors index ({e!r})") from None
+      files = {name: SafetensorsFile(hf_dir / name) for name in sorted(set(weight_map.values()))}
+      self._where = {tensor: files[name] for tensor, name in weight_map.items()}
+    elif (hf_dir / SINGLE_FILE).exists():
+      single = SafetensorsFile(hf_dir / SINGLE_FILE)
+      self._where = {tensor: single for tensor in single.names()}
+    else:
+      raise FileNotFoundError(f"{hf_dir}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
+
+  def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    source = self._where.get(name)
+    if source is None or name not in source:
+      where = source.path if source else "the checkpoint"
+      raise KeyError(f"missing tensor {name!r} in {where}")
+    if source.shape(name) != shape:
+      raise ValueError(f"tensor {name!r} in {source.path} has shape {source.shape(name)}, "
+                       f"expected {shape} from config.json")
+    return source.get(name)
+
+
+def load_hf(hf_dir, dtype: str = "float32", shardings=None, config: ModelConfig | None = None):
+  """Loads a Qwen2 checkpoint directory.
+
+  Args:
+    hf_dir: directory with config.json and model.safetensors (or an index and its shards).
+    dtype: parameter dtype of the returned params ("float32", "bfloat16").
+    shardings: optional pytree of `jax.sharding.Sharding` matching the params (e.g. from
+      `qmath_jax.parallel`); each device then receives only its shard. Default: one device.
+    config: use this ModelConfig instead of reading config.json (its shapes must match).
+  Returns:
+    (ModelConfig, params) with params in the layout of `qmath_jax.model.Transformer`.
+  """
+  hf_dir = pathlib.Path(hf_dir)
+  cfg = config or read_config(hf_dir, dtype)
+  checkpoint = _Checkpoint(hf_dir)
+  out_dtype = np.dtype(jax.numpy.dtype(dtype))
+  params = {}
+  for entry in mapping.entries(cfg):
+    sharding = (mapping.get_path(shardings, entry.path) if shardings is not None
+                else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    if entry.stacked:
+      names = [entry.hf_name.format(i=i) for i in range(cfg.num_layers)]
+      for name in names:  # fail on a missing or misshapen tensor before any device work
+        checkpoint.get(name, entry.hf_shape)
+    else:
+      names = [entry.hf_name]
+      checkpoint.get(entry.hf_name, entry.hf_shape)
+    ours_shape = entry.to_ours(np.empty(entry.hf_shape, np.int8)).shape
+    shape = ((cfg.num_layers,) if entry.stacked else ()) + ours_shape
+
+    def read(index, entry=entry, names=names):
+      if entry.stacked:
+        layers = range(cfg.num_layers)[index[0]]
+        return np.stack([entry.to_ours(checkpoint.get(names[i], entry.hf_shape))[index[1:]]
+                         .astype(out_dtype) for i in layers])
+      return entry.to_ours(checkpoint.get(names[0], entry.hf_shape))[index].astype(out_dtype)
+
+    mapping.set_path(params, entry.path, jax.make_array_from_callback(shape, sharding, read))
+  return cfg, params
+
+
+def save_hf(cfg: ModelConfig, params, hf_dir, dtype: str | None = None,
+            max_shard_bytes: int = 5 << 30) -> pathlib.Path:
+  """Writes a checkpoint that transformers' `Qwen2ForCausalLM.from_pretrained` loads.
+
+  Tensors are fetched and written one at a time. Everything goes to a temporary directory
+  beside `hf_dir` that is renamed into place only when complete; an existing `hf_dir` is
+  replaced only then. Returns the directory.
+  """
+  hf_dir = pathlib.Path(hf_dir)
+  out_dtype = np.dtype(jax.numpy.dtype(dtype or cfg.param_dtype))
+  tensors = []
+  for entry in mapping.entries(cfg):
+    leaf = mapping.get_path(params, entry.path)
+    layers = range(cfg.num_layers) if entry.stacked else [None]
+    for i in layers:
+      name = entry.hf_name.format(i=i) if entry.stacked else entry.hf_name
+
+      def produce(leaf=leaf, i=i, entry=entry):
+        value = np.asarray(jax.device_get(leaf[i] if i is not None else leaf))
+        return entry.to_hf(value).astype(out_dtype)
+
+      tensors.append((name, entry.hf_shape, out_dtype, produce))
+
+  shards, size = [[]], 0
+  for tensor in tensors:
+    nbytes = out_dtype.itemsize * int(np.prod(tensor[1]))
+    if shards[-1] and size + nbytes > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(tensor)
+    size += nbytes
+
+  hf_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{hf_dir.name}.tmp-", dir=hf_dir.parent))
+  try:
+    if len(shards) == 1:
+      write(tmp / SINGLE_FILE, shards[0], metadata={"format": "pt"})
+    else:
+      weight_map = {}
+      for n, shard in enumerate(shards, start=1):
+        file_name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+        write(tmp / file_name, shard, metadata={"format": "pt"})
+        weight_map.update({t[0]: file_name for t in shard})
+      total = sum(out_dtype.itemsize * int(np.prod(t[1])) for t in tensors)
+      (tmp / INDEX_FILE).write_text(json.dumps(
+          {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    config = config_io.config_dict(cfg)
+    config["torch_dtype"] = config["dtype"] = out_dtype.name
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    if hf_dir.exists():
+      old = hf_dir.with_name(f".{hf_dir.name}.old-{os.getpid()}")
+      hf_dir.rename(old)
+      tmp.rename(hf_dir)
+      shutil.rmtree(old)
+    else:
+      tmp.rename(hf_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return hf_dir

@@ -1,0 +1,74 @@
+"""config.json of a Hugging Face Qwen2 checkpoint <-> ModelConfig (transformers 4 and 5 layouts)."""
+
+import json
+import pathlib
+
+from qmath_jax.model.config import ModelConfig
+
+SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM",)
+
+
+def read_config(hf_dir: pathlib.Path, dtype: str) -> ModelConfig:
+  """Parses `hf_dir/config.json`; raises naming the file and field on anything unsupported."""
+  path = hf_dir / "config.json"
+  try:
+    raw = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path}: no config.json in the checkpoint directory") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON: {e}") from None
+  archs = raw.get("architectures") or []
+  if not any(a in SUPPORTED_ARCHITECTURES for a in archs) and raw.get("model_type") != "qwen2":
+    raise ValueError(f"{path}: unknown architecture {archs or raw.get('model_type')!r}; "
+                     f"supported: {SUPPORTED_ARCHITECTURES}")
+  if raw.get("use_sliding_window"):
+    raise ValueError(f"{path}: use_sliding_window=true is not supported (Qwen2.5 does not use it)")
+  # transformers >= 5 writes rope_theta inside rope_parameters (top-level may be null).
+  rope = raw.get("rope_parameters") or {}
+  rope_theta = raw.get("rope_theta") or rope.get("rope_theta") or 10000.0
+  if rope.get("rope_type", "default") != "default" or raw.get("rope_scaling"):
+    raise ValueError(f"{path}: rope scaling {rope or raw.get('rope_scaling')!r} is not supported")
+
+  def field(name, default=None):
+    value = raw.get(name, default)
+    if value is None:
+      raise ValueError(f"{path}: missing field {name!r}")
+    return value
+
+  hidden, heads = int(field("hidden_size")), int(field("num_attention_heads"))
+  return ModelConfig(
+      vocab_size=int(field("vocab_size")), hidden_size=hidden,
+      num_layers=int(field("num_hidden_layers")), num_heads=heads,
+      num_kv_heads=int(field("num_key_value_heads", heads)),
+      head_dim=int(raw.get("head_dim") or hidden // heads),
+      intermediate_size=int(field("intermediate_size")), rope_theta=float(rope_theta),
+      rms_norm_eps=float(field("rms_norm_eps", 1e-6)),
+      tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+      max_position_embeddings=int(field("max_position_embeddings", 4096)),
+      dtype=dtype, param_dtype=dtype,
+      bos_token_id=raw.get("bos_token_id"), eos_token_id=_first_id(raw.get("eos_token_id"), 151643))
+
+
+def _first_id(value, default: int) -> int:
+  """config.json may give a token id, a list of them, or null."""
+  if isinstance(value, list):
+    value = value[0] if value else None
+  return default if value is None else int(value)
+
+
+def config_dict(cfg: ModelConfig) -> dict:
+  """The config.json that transformers' Qwen2ForCausalLM loads (4.x and 5.x)."""
+  return {
+      "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+      "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+      "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+      "intermediate_size": cfg.intermediate_size, "hidden_act": "silu",
+      "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
+      "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+      "max_position_embeddings": cfg.max_position_embeddings,
+      "tie_word_embeddings": cfg.tie_embeddings, "use_sliding_window": False,
+      "sliding_window": None, "max_window_layers": cfg.num_layers, "attention_dropout": 0.0,
+      "initializer_range": 0.02, "use_cache": True, "bos_token_id": cfg.bos_token_id,
+      "eos_token_id": cfg.eos_token_id, "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype,
+  }
