@@ -73,7 +73,7 @@ def probe() -> HostCapabilities:
 
 def user_ids(user: str | None) -> tuple[int, int] | None:
   """(uid, gid) that programs run as: `user` when the host is root, else None (unchanged)."""
-  if user is None or os.geteuid() != 0:
+  if user is None:
     return None
   try:
     entry = pwd.getpwnam(user)
@@ -81,19 +81,22 @@ def user_ids(user: str | None) -> tuple[int, int] | None:
     raise ValueError(f"sandbox user {user!r} does not exist on this host") from exc
   if entry.pw_uid == 0:
     raise ValueError(f"sandbox user {user!r} is root; pick an unprivileged user")
+  if os.geteuid() != 0:
+    return None
   return entry.pw_uid, entry.pw_gid
 
 
 def worker_command(caps: HostCapabilities, use_namespaces: bool) -> list[str]:
   """The argv that starts one worker: the interpreter in isolated mode, maybe under unshare."""
-  python = [os.path.realpath(sys.executable), "-I", "-B", _WORKER_PATH]
+  python = [os.path.realpath(sys.executable), "-s", "-B", _WORKER_PATH]
   if not (use_namespaces and caps.namespaces):
     return python
   user = ["--user", "--map-root-user"] if caps.user_namespace else []
   return [caps.unshare] + user + list(_NAMESPACE_FLAGS) + python
 
 
-# Thread-count variables fixed for the preloaded numeric libraries; nothing of the host's
+# Fixed settings for the worker interpreter: one thread for the preloaded numeric libraries and
+# a fixed hash seed (same program, same output on every worker). Nothing of the host's
 # environment is passed, and programs see an empty os.environ.
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-              "LC_ALL": "C.UTF-8"}
+              "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}

@@ -1,6 +1,7 @@
 """The sandbox worker: a fork server that runs untrusted Python programs one at a time.
 
-The host starts this file as a script (``python -I worker.py``), usually inside fresh PID,
+The host starts this file as a script (``python -s -B worker.py``, with an environment of
+fixed settings only), usually inside fresh PID,
 network, mount, IPC and UTS namespaces (see ``isolation.py``). It speaks one JSON object per
 line on stdin/stdout:
 
@@ -23,8 +24,8 @@ line of its traceback; ``input()`` is an error; output and error text are stripp
 the first 200 + "..." + the last 200 characters. The prelude blocks (code that ran
 successfully earlier in the same solution) run first with their output discarded.
 
-This module imports nothing from ``qmath_jax``: the interpreter runs it in isolated mode
-(``-I``), so only the standard library and site-packages are on its path.
+This module imports nothing from ``qmath_jax``: it runs as a script whose own directory is
+taken off ``sys.path``, so only the standard library and site-packages are importable.
 """
 
 import ast
@@ -136,7 +137,7 @@ def execute(code: str, prelude=()) -> dict:
     {"output": str, "error": str | None, "timed_out": False}, both texts truncated.
   """
   namespace = {"__name__": "__main__", "__builtins__": builtins}
-  builtins.input = _refuse_input
+  saved_input, builtins.input = builtins.input, _refuse_input
   captured = BoundedText()
   saved_stdout = sys.stdout
   error = None
@@ -158,6 +159,7 @@ def execute(code: str, prelude=()) -> dict:
     error = truncate(last_traceback_line(exc))
   finally:
     sys.stdout = saved_stdout
+    builtins.input = saved_input
   return {"output": truncate(captured.getvalue()), "error": error, "timed_out": False}
 
 
@@ -413,6 +415,8 @@ def serve(proto_in, proto_out) -> None:
 
 
 def main() -> None:
+  script_dir = os.path.dirname(os.path.abspath(__file__))
+  sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != script_dir]
   # The protocol moves off fds 0/1 so nothing a library prints can corrupt it.
   proto_in = os.fdopen(os.dup(0), "rb")
   proto_out = os.fdopen(os.dup(1), "wb")

@@ -1,0 +1,106 @@
+"""What programs see and what comes back: Qwen executor semantics, truncation, preludes, the
+pool, determinism and argument checking."""
+
+import pytest
+
+from qmath_jax.sandbox import PythonSandbox
+from qmath_jax.sandbox import worker
+
+
+def test_truncate_keeps_both_ends():
+  assert worker.truncate("a" * 400) == "a" * 400
+  long = "".join(chr(ord("a") + i % 26) for i in range(401))
+  assert worker.truncate(long) == long[:200] + "..." + long[-200:]
+  assert worker.truncate("  padded \n") == "padded"
+
+
+def test_bounded_text_keeps_head_and_tail_only():
+  stream = worker.BoundedText(keep=10)
+  for i in range(10_000):
+    stream.write(f"{i:05d}")
+  value = stream.getvalue()
+  assert value.startswith("0000000001")
+  assert value.endswith("0999809999")
+  assert len(value) <= 2 * 10 + 1
+
+
+@pytest.mark.parametrize("code, output, error", [
+    ("x = 6 * 7\nx", "42", None),
+    ("print('shown once')", "shown once", None),
+    ("print('a')\n'b'", "a\nb", None),
+    ("def f():\n  return None\nf()", "", None),
+    ("x = 1", "", None),
+    ("print('before')\n1 / 0", "before", "ZeroDivisionError: division by zero"),
+    ("undefined_name", "", "NameError: name 'undefined_name' is not defined"),
+    ("def broken(:\n  pass", "", "SyntaxError: invalid syntax"),
+    ("raise SystemExit(3)", "", "SystemExit: 3"),
+    ("input()", "", "RuntimeError: input() is not supported in the sandbox"),
+    ("'z' * 1000", "z" * 200 + "..." + "z" * 200, None),
+])
+def test_execute_follows_qwen_executor(code, output, error):
+  result = worker.execute(code)
+  assert result == {"output": output, "error": error, "timed_out": False}
+
+
+def test_execute_restores_the_interpreter():
+  import builtins
+  import sys
+  stdout, read_input = sys.stdout, builtins.input
+  worker.execute("print('x')\ninput()")
+  assert sys.stdout is stdout and builtins.input is read_input
+
+
+def test_prelude_runs_first_with_output_discarded():
+  result = worker.execute("print(total + 1)", ["total = 41\nprint('old output')"])
+  assert result == {"output": "42", "error": None, "timed_out": False}
+  failing = worker.execute("print(1)", ["import math\nmath.undefined"])
+  assert failing["error"] == "AttributeError: module 'math' has no attribute 'undefined'"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+  box = PythonSandbox(timeout=3.0, num_workers=2)
+  yield box
+  box.close()
+
+
+def test_numpy_and_sympy_importable(sandbox):
+  result = sandbox.run(
+      "import numpy as np\nimport sympy as sp\n"
+      "x = sp.symbols('x')\n"
+      "print(int(np.arange(5).sum()), sp.solve(x**2 - 4, x))")
+  assert result.output == "10 [-2, 2]" and result.error is None
+
+
+def test_prelude_through_the_sandbox(sandbox):
+  result = sandbox.run("f(5)", prelude=["def f(n):\n  return n * n", "print('hidden')"])
+  assert result.output == "25"
+
+
+def test_batch_keeps_order_and_runs_in_parallel(sandbox):
+  codes = [f"import time\ntime.sleep({0.3 * (3 - i)})\n{i}" for i in range(4)]
+  results = sandbox.run_batch(codes)
+  assert [r.output for r in results] == ["0", "1", "2", "3"]
+  assert not any(r.timed_out for r in results)
+
+
+def test_same_program_same_output_on_every_worker(sandbox):
+  code = "print(hash('qmath'), list({'a', 'b', 'c', 'd'}))"
+  outputs = {r.output for r in sandbox.run_batch([code] * 4)}
+  assert len(outputs) == 1
+
+
+def test_bad_arguments_are_named():
+  with pytest.raises(ValueError, match="timeout"):
+    PythonSandbox(timeout=0)
+  with pytest.raises(ValueError, match="memory_mb"):
+    PythonSandbox(memory_mb=0)
+  with pytest.raises(ValueError, match="no_such_user"):
+    PythonSandbox(user="no_such_user")
+
+
+def test_bad_inputs_to_run_are_named(sandbox):
+  with pytest.raises(TypeError, match="code must be a str"):
+    sandbox.run(b"print(1)")
+  with pytest.raises(ValueError, match="preludes has 1 entries for 2 codes"):
+    sandbox.run_batch(["1", "2"], preludes=[[]])
