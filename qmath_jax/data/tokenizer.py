@@ -157,7 +157,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_path: str | o
   The ChatML special tokens are user-defined symbols (ids 1, 2, 3 after ``<unk>`` = 0), so they
   are never split and map to their ids when written in text. Byte fallback covers characters
   unseen in training; digits are split one per token; no normalisation and no dummy prefix, so
-  ``decode(encode(text)) == text``. The model is written to a temporary name and renamed to
+  ``decode(encode(text)) == text``. ``vocab_size`` must exceed the 256 byte pieces, the special
+  tokens and the distinct characters of ``texts``. The model is written to a temporary name and renamed to
   ``out_path`` (which should end in ``.model``).
   """
   import sentencepiece  # pylint: disable=g-import-not-at-top
