@@ -1,0 +1,198 @@
+"""grain pipelines: packing layout, exact loss masks, determinism, resume, sharding, bad rows."""
+
+import json
+
+import numpy as np
+import pytest
+
+from qmath_jax.data import chat
+from qmath_jax.data import pipelines
+from qmath_jax.data import records
+from qmath_jax.data import synthetic
+from qmath_jax.data import tokenizer as tokenizer_lib
+
+SEQ_LEN = 256
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+  return tokenizer_lib.train_byte_level_bpe(synthetic.corpus(400, seed=11), 600, path)
+
+
+@pytest.fixture(scope="module")
+def conversations():
+  return pipelines.sft_conversations(synthetic.generate(60, seed=2))
+
+
+def _cfg(**overrides):
+  return pipelines.PipelineConfig(**{"batch_size": 4, "seq_len": SEQ_LEN, "seed": 0,
+                                     **overrides})
+
+
+def _segments(batch):
+  """Yields (row, segment id, slice) for every packed segment of a [B, L] batch."""
+  for row in range(batch["tokens"].shape[0]):
+    ids = batch["segment_ids"][row]
+    for seg in np.unique(ids[ids > 0]):
+      where = np.flatnonzero(ids == seg)
+      assert np.array_equal(where, np.arange(where[0], where[-1] + 1)), "segment not contiguous"
+      yield row, seg, slice(where[0], where[-1] + 1)
+
+
+def _equal_batches(a, b):
+  return len(a) == len(b) and all(
+      x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+
+
+def test_sft_batch_layout(tok, conversations):
+  batch = next(iter(pipelines.sft_pipeline(conversations, tok, _cfg())))
+  assert sorted(batch) == ["loss_mask", "positions", "segment_ids", "tokens"]
+  for value in batch.values():
+    assert value.shape == (4, SEQ_LEN) and value.dtype == np.int32
+  padding = batch["segment_ids"] == 0
+  assert np.all(batch["tokens"][padding] == tok.pad_id)
+  assert np.all(batch["loss_mask"][padding] == 0) and np.all(batch["positions"][padding] == 0)
+  for row, _, sl in _segments(batch):
+    assert np.array_equal(batch["positions"][row, sl], np.arange(sl.stop - sl.start))
+    assert batch["tokens"][row, sl][0] == tok.token_to_id(chat.IM_START)
+
+
+def test_sft_loss_mask_is_exactly_the_assistant_reply(tok, conversations):
+  by_text = {chat.render(c["messages"]): c for c in conversations}
+  seen = 0
+  for batch in pipelines.sft_pipeline(conversations, tok, _cfg(num_epochs=1)).dataset:
+    for row, _, sl in _segments(batch):
+      tokens, mask = batch["tokens"][row, sl], batch["loss_mask"][row, sl]
+      conversation = by_text[tok.decode(tokens)]       # each segment is one whole example
+      reply = conversation["messages"][-1]["content"]
+      assert tok.decode(tokens[mask == 1]) == reply + chat.IM_END
+      first = int(np.argmax(mask))
+      assert tok.decode(tokens[:first]).endswith("<|im_start|>assistant\n")
+      assert mask[first:].all() or tok.decode(tokens[first:][mask[first:] == 0]) == "\n"
+      seen += 1
+  assert seen >= 40  # drop_remainder may leave out the last partial batch only
+
+
+def test_same_seed_same_batches_other_seed_other_order(tok, conversations):
+  first = list(pipelines.sft_pipeline(conversations, tok, _cfg(seed=4)).dataset)
+  again = list(pipelines.sft_pipeline(conversations, tok, _cfg(seed=4)).dataset)
+  other = list(pipelines.sft_pipeline(conversations, tok, _cfg(seed=5)).dataset)
+  assert _equal_batches(first, again)
+  assert not _equal_batches(first, other)
+
+
+def test_iterator_restored_mid_epoch_yields_same_next_batches(tok, conversations, tmp_path):
+  cfg = _cfg(num_epochs=2, seed=9)
+  iterator = iter(pipelines.sft_pipeline(conversations, tok, cfg))
+  for _ in range(3):
+    next(iterator)
+  pipelines.save_state(iterator, tmp_path / "state.json")
+  expected = [next(iterator) for _ in range(4)]
+  json.loads((tmp_path / "state.json").read_text())  # plain JSON, fits in a checkpoint
+  resumed = iter(pipelines.sft_pipeline(conversations, tok, cfg))
+  pipelines.restore_state(resumed, tmp_path / "state.json")
+  assert _equal_batches([next(resumed) for _ in range(4)], expected)
+
+
+def test_epochs_are_reshuffled(tok, conversations):
+  cfg = _cfg(batch_size=1, num_epochs=2, num_packing_bins=1, seq_len=512)
+  order = []
+  for batch in pipelines.sft_pipeline(conversations, tok, cfg).dataset:
+    for row, _, sl in _segments(batch):
+      order.append(tok.decode(batch["tokens"][row, sl]))
+  half = len(order) // 2
+  assert sorted(order[:half]) == sorted(order[half:]) and order[:half] != order[half:]
+
+
+def test_host_shards_are_disjoint_and_cover_the_data(tok, conversations):
+  def texts(index):
+    cfg = _cfg(shard_index=index, shard_count=2, batch_size=1, num_packing_bins=1)
+    out = []
+    for batch in pipelines.sft_pipeline(conversations, tok, cfg).dataset:
+      out += [tok.decode(batch["tokens"][r, sl]) for r, _, sl in _segments(batch)]
+    return out
+  a, b = texts(0), texts(1)
+  assert not set(a) & set(b)
+  assert sorted(a + b) == sorted(chat.render(c["messages"]) for c in conversations)
+
+
+def test_over_long_examples_are_counted_or_raise(tok, conversations):
+  long = {"id": "too-long", "messages": [{"role": "user", "content": "x " * 400},
+                                         {"role": "assistant", "content": "y"}]}
+  data = conversations[:10] + [long]
+  pipeline = pipelines.sft_pipeline(data, tok, _cfg(batch_size=1, num_packing_bins=1))
+  list(pipeline.dataset)
+  assert pipeline.bad_rows.counts == {"longer than seq_len": 1}
+  assert "'too-long'" in pipeline.bad_rows.examples["longer than seq_len"][0]
+  strict = pipelines.sft_pipeline(data, tok, _cfg(strict=True))
+  with pytest.raises(records.BadRowError, match="'too-long'"):
+    list(strict.dataset)
+
+
+def test_pretrain_chunks_long_documents_and_masks_segment_starts(tok):
+  docs = synthetic.corpus(30, seed=1) + [" ".join(["Mia has 12 apples."] * 200)]
+  pipeline = pipelines.pretrain_pipeline(docs, tok, _cfg(batch_size=2))
+  total, targets = 0, 0
+  for batch in pipeline.dataset:
+    for row, _, sl in _segments(batch):
+      mask = batch["loss_mask"][row, sl]
+      assert mask[0] == 0 and mask[1:].all()
+      total += sl.stop - sl.start
+      targets += mask.sum()
+  assert total > SEQ_LEN * 3 and targets < total
+  assert pipeline.bad_rows.total == 0
+
+
+def test_rm_lists(tok):
+  problems = synthetic.generate(5, seed=3)
+  lists = [{"id": p.id, "messages": pipelines.prompt_messages(p),
+            "responses": [f"\\boxed{{{i}}}" for i in range(6)], "labels": [1, 0, 0, 1, 0, 0]}
+           for p in problems]
+  lists.append({"id": "short", "messages": [], "responses": ["a"], "labels": [1]})
+  pipeline = pipelines.rm_pipeline(lists, tok, _cfg(batch_size=2, shuffle=False))
+  batches = list(pipeline.dataset)
+  assert len(batches) == 2  # 5 good lists, drop_remainder
+  batch = batches[0]
+  assert batch["tokens"].shape == (2, 6, SEQ_LEN) and batch["labels"].shape == (2, 6)
+  assert np.array_equal(batch["labels"][0], [1, 0, 0, 1, 0, 0])
+  for k in range(6):
+    n = batch["lengths"][0, k]
+    assert batch["segment_ids"][0, k, :n].all() and not batch["segment_ids"][0, k, n:].any()
+    assert tok.decode(batch["tokens"][0, k, :n]).endswith(f"\\boxed{{{k}}}<|im_end|>\n")
+  assert pipeline.bad_rows.counts == {"wrong list size": 1}
+
+
+def test_rl_prompts_are_left_padded(tok):
+  problems = synthetic.generate(6, seed=4)
+  pipeline = pipelines.rl_pipeline(problems, tok, _cfg(batch_size=3, shuffle=False),
+                                   max_prompt_length=128)
+  batch = next(iter(pipeline))
+  assert batch["tokens"].shape == (3, 128)
+  for b in range(3):
+    n = batch["lengths"][b]
+    assert np.array_equal(batch["positions"][b, 128 - n:], np.arange(n))
+    assert not batch["segment_ids"][b, :128 - n].any()
+    assert tok.decode(batch["tokens"][b, 128 - n:]) == str(batch["prompt"][b])
+    assert str(batch["prompt"][b]).endswith("<|im_start|>assistant\n")
+  assert [str(a) for a in batch["answer"]] == [p.answer for p in problems[:3]]
+
+
+def test_loading_conversation_and_rm_files_counts_bad_rows(tmp_path):
+  path = tmp_path / "sft.jsonl"
+  path.write_text("\n".join([
+      json.dumps({"id": "a", "messages": [{"role": "user", "content": "q"},
+                                          {"role": "assistant", "content": "r"}]}),
+      json.dumps({"messages": [{"role": "user", "content": "q"}]}),
+      json.dumps({"messages": [{"role": "robot", "content": "q"}]}),
+      json.dumps({"id": "b"}),
+  ]) + "\n")
+  bad_rows = records.BadRows()
+  assert [c["id"] for c in pipelines.load_conversations(path, bad_rows)] == ["a"]
+  assert bad_rows.counts == {"malformed messages": 2, "missing field": 1}
+  assert f"{path}:2" in bad_rows.examples["malformed messages"][0]
+  rm_path = tmp_path / "rm.jsonl"
+  rm_path.write_text(json.dumps({"messages": [], "responses": ["a"] * 6,
+                                 "labels": [1, 0, 2, 0, 0, 0]}) + "\n")
+  with pytest.raises(records.BadRowError, match=r"rm\.jsonl:1: malformed field"):
+    pipelines.load_rm_lists(rm_path, records.BadRows(strict=True))
