@@ -30,7 +30,7 @@ setuptools.setup(
     extras_require={
         "tpu": ["jax[tpu]"],
         "gpu": ["jax[cuda12]"],
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "jupyter-client", "nbformat", "nbclient", "ipykernel"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "nbformat", "nbclient", "ipykernel"],
         # Live comparison against transformers; the default tests use committed golden files.
         "hf": ["torch", "transformers>=4.45"],
     },
