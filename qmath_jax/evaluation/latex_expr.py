@@ -30,6 +30,10 @@ _TOKEN = re.compile(r"\s*(\d+\.\d*|\.\d+|\d+|\\[a-zA-Z]+|\\.|[a-zA-Z]|\S)")
 _MAX_LENGTH = 400
 
 
+def _is_letter(tok: str) -> bool:
+  return len(tok) == 1 and tok.isascii() and tok.isalpha()
+
+
 class LatexError(ValueError):
   """The string is not a single expression this parser understands."""
 
@@ -85,7 +89,7 @@ class _Parser:
       return False
     if tok == "|":
       return self.abs_depth == 0
-    if tok[0].isdigit() or tok[0] == "." or tok[0].isalpha() or tok in ("(", "[", "{"):
+    if tok[0].isdigit() or tok[0] == "." or _is_letter(tok) or tok in ("(", "[", "{"):
       return True
     if tok.startswith("\\"):
       return tok[1:] in FUNCTIONS or tok[1:] in GREEK or tok in (
@@ -208,7 +212,7 @@ class _Parser:
       self.abs_depth -= 1
       self.take("|")
       return ("fn", "abs", (node,))
-    if tok.isalpha():
+    if _is_letter(tok):
       return self.letters()
     if tok.startswith("\\"):
       return self.command()

@@ -64,7 +64,7 @@ _TRAILING_WRAPPED_UNIT = re.compile(
 _TRAILING_CN_UNIT = re.compile(r"(?<=\d)\s*(?:" + _CN_UNIT_ALT + r")\s*$")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|mathit|rm|bf|"
                            r"operatorname|boldsymbol|mathbb|mathsf)\s*\{([^{}]*)\}")
-_SPACING = re.compile(r"\\[,;:! ]|\\q?quad(?![a-zA-Z])|\\displaystyle|\\(?:big|Big|bigg|Bigg)"
+_SPACING = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad(?![a-zA-Z])|\\displaystyle|\\(?:big|Big|bigg|Bigg)"
                       r"[lr]?(?![a-zA-Z])")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![a-zA-Z])\s*(\\\{|\\\}|\\\||[\(\)\[\]\|\.]|"
                          r"\\langle|\\rangle)?")

@@ -1,0 +1,139 @@
+"""math_equal per equivalence class, its refusals, and its timeout in threads and processes."""
+
+import concurrent.futures
+import multiprocessing
+import time
+
+import pytest
+
+from qmath_jax.evaluation import grader
+from qmath_jax.evaluation import math_equal
+from qmath_jax.evaluation import symbolic
+
+EQUAL = {
+    "fractions": [("\\frac{1}{2}", "\\frac{2}{4}"), ("1/2", "\\frac{1}{2}"),
+                  ("\\frac12", "\\frac{1}{2}"), ("-\\frac{3}{4}", "\\frac{-3}{4}"),
+                  ("\\frac{\\sqrt{3}}{2}", "\\sqrt{3}/2")],
+    "decimals_percents": [("0.5", "\\frac{1}{2}"), ("3.50", "3.5"), ("12.0", "12"),
+                          ("50\\%", "0.5"), ("0.25", "25\\%"), ("7.25%", "7.25"),
+                          ("0.3333", "\\frac{1}{3}"), (".75", "0.75")],
+    "dfrac_frac": [("\\dfrac{3}{5}", "\\frac{3}{5}"), ("\\tfrac{3}{5}", "0.6"),
+                   ("\\dfrac{\\pi}{4}", "\\frac{\\pi}{4}")],
+    "units_text": [("4\\text{ cm}", "4"), ("12 \\mbox{ inches}", "12"), ("5\\text{ dollars}", "5"),
+                   ("6.5 \\mathrm{~m}", "6.5"), ("\\text{4:30 p.m.}", "4:30 p.m."),
+                   ("\\text{(C)}", "(C)"), ("\\text{five}", "5"), ("10{,}000", "10000"),
+                   ("10,000", "10000"), ("18 square feet", "18")],
+    "degrees": [("30^\\circ", "30"), ("30^{\\circ}", "30"), ("45°", "45"),
+                ("90 degrees", "90")],
+    "intervals": [("(1,2]", "(1, 2]"), ("\\left[ -1, 3 \\right)", "[-1,3)"),
+                  ("(-\\infty, 0) \\cup (1, \\infty)", "(1,\\infty)\\cup(-\\infty,0)"),
+                  ("[\\frac{1}{2}, 1]", "[0.5, 1]")],
+    "tuples": [("(1, 2)", "\\left( 1,2 \\right)"), ("(3, \\frac{\\pi}{2})", "(3,\\pi/2)"),
+               ("(1,-2,3)", "(1, -2, 3)")],
+    "matrices": [("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}",
+                  "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"),
+                 ("\\begin{pmatrix} \\frac{1}{2} \\\\ -1 \\end{pmatrix}",
+                  "\\begin{pmatrix} 0.5 \\\\ -1 \\end{pmatrix}")],
+    "equations": [("y=2x+1", "y = 1 + 2x"), ("2x+2y=6", "x+y=3"), ("x-y=1", "y-x=-1"),
+                  ("x=3", "3"), ("x^2+y^2=4", "y^2 + x^2 - 4 = 0")],
+    "sets": [("\\{1,2,3\\}", "\\{3,1,2\\}"), ("1, 2", "2, 1"), ("x=1, x=2", "2, 1"),
+             ("1\\pm\\sqrt{2}", "1-\\sqrt{2}, 1+\\sqrt{2}"), ("\\emptyset", "\\varnothing")],
+    "multiple_choice": [("B", "B"), ("b", "B"), ("BC", "CB"), ("AD", "DA")],
+    "chinese": [("必要不充分条件", "必要不充分条件"), ("9个", "9"), ("12元", "12"),
+                ("x=1或x=2", "1, 2"), ("3.5千克", "3.5")],
+    "expressions": [("x^2+2x+1", "(x+1)^2"), ("\\sin^2 x+\\cos^2 x", "1"),
+                    ("2\\sqrt{2}", "\\sqrt{8}"), ("e^{i\\pi}", "-1"), ("\\log_2 8", "3"),
+                    ("\\binom{5}{2}", "10"), ("5!", "120"), ("2^{1009}", "2^{1009}"),
+                    ("-i", "\\frac{1}{i}"), ("\\frac{a+b}{2}", "\\frac{b}{2}+\\frac{a}{2}")],
+}
+
+NOT_EQUAL = {
+    "fractions": [("\\frac{1}{3}", "\\frac{1}{2}"), ("1", "\\frac{4036082}{4036081}")],
+    "decimals_percents": [("0.333", "\\frac{1}{3}"), ("100001", "100000"),
+                          ("200", "2"), ("0.5", "50")],
+    "units_text": [("4", "4t"), ("4", "4x"), ("4 m", "4n")],
+    "degrees": [("30", "60^\\circ")],
+    "intervals": [("(1,2)", "(1,2]"), ("[1,2]", "(1,2)"), ("(1,3)", "(1,2)")],
+    "tuples": [("(1,2)", "(2,1)"), ("(1,2)", "(1,2,3)")],
+    "matrices": [("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
+                  "\\begin{pmatrix}1&2\\\\3&5\\end{pmatrix}"),
+                 ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}")],
+    "equations": [("y=2x+1", "y=2x-1"), ("x+y=4", "x+y=3")],
+    "sets": [("\\{1,2\\}", "\\{1,2,3\\}"), ("1, 2", "1, 3")],
+    "multiple_choice": [("C", "B"), ("B", "BC"), ("12", "B")],
+    "chinese": [("充分不必要条件", "必要不充分条件"), ("8个", "9")],
+    "expressions": [("x^2+2x", "(x+1)^2"), ("\\sqrt{2}", "\\frac{1414214}{1000000}"),
+                    ("2^{1008}", "2^{1009}"), ("\\sin x", "\\cos x")],
+    "junk": [("", "1"), ("hello world", "1"), ("\\frac{1}{0}", "1")],
+}
+
+
+@pytest.mark.parametrize("kind,pred,gold",
+                         [(k, p, g) for k, pairs in EQUAL.items() for p, g in pairs])
+def test_equivalent_answers_are_equal(kind, pred, gold):
+  assert math_equal(pred, gold), (kind, pred, gold)
+
+
+@pytest.mark.parametrize("kind,pred,gold",
+                         [(k, p, g) for k, pairs in NOT_EQUAL.items() for p, g in pairs])
+def test_different_answers_are_not_equal(kind, pred, gold):
+  assert not math_equal(pred, gold), (kind, pred, gold)
+
+
+def test_none_is_never_equal():
+  assert not math_equal(None, "1")
+  assert not math_equal("1", None)
+
+
+def test_numbers_equal_rules():
+  F = grader.Fraction
+  assert grader.numbers_equal(F("0.99995"), F(1))
+  assert not grader.numbers_equal(F(99999), F(100000), approximate=False)
+  assert grader.numbers_equal(F(50), F(1, 2), percent=True)
+  assert not grader.numbers_equal(F(50), F(1, 2), percent=False)
+
+
+# An answer only sympy can settle, and slowly: 3,000,000! is evaluated exactly (about a minute).
+SLOW_PRED = "\\frac{(3000000)!}{(2999999)!}"
+SLOW_GOLD = "3000000"
+
+
+def _timed_check():
+  start = time.monotonic()
+  verdict = math_equal(SLOW_PRED, SLOW_GOLD, timeout=1.0)
+  return verdict, time.monotonic() - start
+
+
+def test_sympy_hard_expression_times_out_cleanly():
+  symbolic.worker().equal(["num", "1"], ["num", "1"], timeout=30)   # start the worker first
+  verdict, elapsed = _timed_check()
+  assert verdict is False
+  assert elapsed < 5.0
+  # The killed worker is replaced: the next symbolic check works.
+  assert symbolic.symbolic_equal(["pow", ["num", "2"], ["num", "3000"]],
+                                 ["pow", ["num", "8"], ["num", "1000"]], timeout=30)
+
+
+def test_timeout_works_in_threads():
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    results = list(pool.map(lambda _: _timed_check(), range(2)))
+  for verdict, elapsed in results:
+    assert verdict is False
+    assert elapsed < 40.0   # worker start-up (sympy import) + the 1 s timeout
+
+
+def test_timeout_works_in_worker_processes():
+  ctx = multiprocessing.get_context("fork")
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+    verdict, elapsed = pool.submit(_timed_check).result(timeout=60)
+  assert verdict is False
+  assert elapsed < 40.0
+
+
+def test_grading_in_threads_matches_serial():
+  pairs = [(p, g) for pairs in EQUAL.values() for p, g in pairs]
+  pairs += [(p, g) for pairs in NOT_EQUAL.values() for p, g in pairs]
+  serial = [math_equal(p, g) for p, g in pairs]
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    threaded = list(pool.map(lambda pg: math_equal(*pg), pairs))
+  assert threaded == serial
