@@ -35,8 +35,7 @@ class _KernelConfig:
   sm_scale: float
   block_sizes: blocks.BlockSizes
   interpret: bool
-  num_warps: int | None = None
-  num_stages: int | None = None
+  launch: gpu.LaunchSettings = gpu.LaunchSettings()
 
 
 def resolve_backend(backend, interpret=False):
@@ -82,7 +81,7 @@ def _check_inputs(q, k, v, segment_ids):
 
 
 def flash_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None, backend="auto",
-                    interpret=False, block_sizes=None, num_warps=None, num_stages=None):
+                    interpret=False, block_sizes=None, gpu_launch=None):
   """Fused softmax attention with grouped key/value heads and packed segments.
 
   Args:
@@ -96,7 +95,7 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None, ba
     backend: 'tpu', 'gpu', 'reference' or 'auto' (see `resolve_backend`).
     interpret: run the Pallas kernel in interpret mode (CPU).
     block_sizes: `blocks.BlockSizes`, else the backend's default.
-    num_warps, num_stages: Triton launch settings for the GPU kernel.
+    gpu_launch: `gpu.LaunchSettings` (Triton warps and stages) for the GPU kernel.
 
   Returns:
     `[batch, length, heads, head_dim]` in q's dtype.
@@ -127,7 +126,7 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None, ba
                             constant_values=blocks.PAD_SEGMENT_ID)
   config = _KernelConfig(backend=backend, causal=causal, sm_scale=float(sm_scale),
                          block_sizes=block_sizes, interpret=interpret,
-                         num_warps=num_warps, num_stages=num_stages)
+                         launch=gpu_launch or gpu.LaunchSettings())
   out = _attention(q, k, v, segment_ids, config)
   return out[:, :length]
 
@@ -147,7 +146,7 @@ def _launch_kwargs(config):
   kwargs = dict(causal=config.causal, sm_scale=config.sm_scale,
                 block_sizes=config.block_sizes, interpret=config.interpret)
   if config.backend == "gpu":
-    kwargs.update(num_warps=config.num_warps, num_stages=config.num_stages)
+    kwargs.update(launch=config.launch)
   return kwargs
 
 

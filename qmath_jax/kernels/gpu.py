@@ -9,6 +9,7 @@ is `lse2 = max(s2) + log2(sum(exp2(s2 - max)))`, `[batch, heads, length]` fp32.
 Lengths must be multiples of the block sizes; `flash.py` pads.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -22,6 +23,28 @@ from qmath_jax.kernels import blocks
 LOG2_E = math.log2(math.e)
 # Score given to masked pairs: finite, so fully masked tiles never make NaN.
 MASK_VALUE = -1e30
+# A block dimension of size one, dropped from the kernel's view.
+SQ = pl.squeezed
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchSettings:
+  """Triton launch settings; None picks a default from head_dim.
+
+  Attributes:
+    forward_warps: warps per program of the forward kernel.
+    forward_stages: software-pipelining depth of the forward kernel.
+    backward_warps: warps per program of the dq and dk/dv kernels.
+    backward_stages: software-pipelining depth of the dq and dk/dv kernels.
+  """
+  forward_warps: int | None = None
+  forward_stages: int | None = None
+  backward_warps: int | None = None
+  backward_stages: int | None = None
+
+
+def _default_warps(head_dim):
+  return 4 if head_dim <= 64 else 8
 
 
 def _dot(a, b, *, trans_a=False, trans_b=False):
@@ -87,7 +110,7 @@ def _forward_kernel(*refs, causal, has_segments, scale_log2, block_q, block_k):
 
 
 def forward(q, k, v, segment_ids, *, causal, sm_scale, block_sizes, interpret=False,
-            num_warps=None, num_stages=None):
+            launch=LaunchSettings()):
   """Attention output and base-2 log-sum-exp.
 
   Args:
@@ -99,8 +122,7 @@ def forward(q, k, v, segment_ids, *, causal, sm_scale, block_sizes, interpret=Fa
     sm_scale: score scale.
     block_sizes: `blocks.BlockSizes`; length must be a multiple of its blocks.
     interpret: run the kernel in Pallas interpret mode (CPU tests).
-    num_warps: Triton warps per program (default by head_dim).
-    num_stages: Triton software-pipelining depth.
+    launch: `LaunchSettings` (its forward fields are used here).
 
   Returns:
     out `[batch, length, heads, head_dim]` in q's dtype, lse2 `[batch, heads, length]` fp32.
@@ -113,14 +135,14 @@ def forward(q, k, v, segment_ids, *, causal, sm_scale, block_sizes, interpret=Fa
   lo, hi = _ranges(segment_ids, batch, length, block_q, block_k, causal, transpose=False)
   has_segments = segment_ids is not None
   rev = lambda i: num_q - 1 - i  # Heaviest causal rows start first.
-  q_spec = pl.BlockSpec((None, block_q, None, head_dim), lambda i, b, h: (b, rev(i), h, 0))
-  kv_spec = pl.BlockSpec((None, length, None, head_dim), lambda i, b, h: (b, 0, h // group, 0))
-  range_spec = pl.BlockSpec((None, num_q), lambda i, b, h: (b, 0))
+  q_spec = pl.BlockSpec((SQ, block_q, SQ, head_dim), lambda i, b, h: (b, rev(i), h, 0))
+  kv_spec = pl.BlockSpec((SQ, length, SQ, head_dim), lambda i, b, h: (b, 0, h // group, 0))
+  range_spec = pl.BlockSpec((SQ, num_q), lambda i, b, h: (b, 0))
   in_specs = [q_spec, kv_spec, kv_spec]
   inputs = [q, k, v]
   if has_segments:
-    in_specs += [pl.BlockSpec((None, block_q), lambda i, b, h: (b, rev(i))),
-                 pl.BlockSpec((None, length), lambda i, b, h: (b, 0))]
+    in_specs += [pl.BlockSpec((SQ, block_q), lambda i, b, h: (b, rev(i))),
+                 pl.BlockSpec((SQ, length), lambda i, b, h: (b, 0))]
     inputs += [segment_ids, segment_ids]
   in_specs += [range_spec, range_spec]
   inputs += [lo, hi]
@@ -132,12 +154,12 @@ def forward(q, k, v, segment_ids, *, causal, sm_scale, block_sizes, interpret=Fa
       grid=(num_q, batch, heads),
       in_specs=in_specs,
       out_specs=[q_spec,
-                 pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, rev(i)))],
+                 pl.BlockSpec((SQ, SQ, block_q), lambda i, b, h: (b, h, rev(i)))],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct((batch, heads, length), jnp.float32)],
       compiler_params=plgpu.CompilerParams(
-          num_warps=num_warps or (4 if head_dim <= 64 else 8),
-          num_stages=num_stages or 3),
+          num_warps=launch.forward_warps or _default_warps(head_dim),
+          num_stages=launch.forward_stages or 3),
       interpret=interpret,
       name="flash_attention_forward",
   )(*inputs)
@@ -256,7 +278,7 @@ def _dkv_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, bloc
 
 
 def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_sizes,
-             interpret=False, num_warps=None, num_stages=None):
+             interpret=False, launch=LaunchSettings()):
   """Gradients (dq, dk, dv) of the attention output, in the inputs' shapes and dtypes.
 
   Args:
@@ -264,7 +286,8 @@ def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_s
     out: the forward output `[batch, length, heads, head_dim]`.
     lse: base-2 log-sum-exp `[batch, heads, length]` fp32 from `forward`.
     d_out: cotangent of out `[batch, length, heads, head_dim]`.
-    causal, sm_scale, block_sizes, interpret, num_warps, num_stages: as in `forward`.
+    causal, sm_scale, block_sizes, interpret: as in `forward`.
+    launch: `LaunchSettings` (its backward fields are used here).
   """
   batch, length, heads, head_dim = q.shape
   kv_heads = k.shape[2]
@@ -272,8 +295,8 @@ def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_s
   has_segments = segment_ids is not None
   # delta[b, h, i] = sum_d out * d_out: the softmax Jacobian's row term.
   delta = jnp.einsum("blhd,blhd->bhl", out.astype(jnp.float32), d_out.astype(jnp.float32))
-  params = plgpu.CompilerParams(num_warps=num_warps or (4 if head_dim <= 64 else 8),
-                                num_stages=num_stages or 2)
+  params = plgpu.CompilerParams(num_warps=launch.backward_warps or _default_warps(head_dim),
+                                num_stages=launch.backward_stages or 2)
   scale_log2 = sm_scale * LOG2_E
 
   # dq: one program per (query block, batch, head).
@@ -281,15 +304,15 @@ def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_s
   num_q = length // block_q
   lo, hi = _ranges(segment_ids, batch, length, block_q, block_k, causal, transpose=False)
   rev = lambda i: num_q - 1 - i
-  q_spec = pl.BlockSpec((None, block_q, None, head_dim), lambda i, b, h: (b, rev(i), h, 0))
-  kv_spec = pl.BlockSpec((None, length, None, head_dim), lambda i, b, h: (b, 0, h // group, 0))
-  row_spec = pl.BlockSpec((None, None, block_q), lambda i, b, h: (b, h, rev(i)))
-  range_spec = pl.BlockSpec((None, num_q), lambda i, b, h: (b, 0))
+  q_spec = pl.BlockSpec((SQ, block_q, SQ, head_dim), lambda i, b, h: (b, rev(i), h, 0))
+  kv_spec = pl.BlockSpec((SQ, length, SQ, head_dim), lambda i, b, h: (b, 0, h // group, 0))
+  row_spec = pl.BlockSpec((SQ, SQ, block_q), lambda i, b, h: (b, h, rev(i)))
+  range_spec = pl.BlockSpec((SQ, num_q), lambda i, b, h: (b, 0))
   in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
   inputs = [q, k, v, d_out, lse, delta]
   if has_segments:
-    in_specs += [pl.BlockSpec((None, block_q), lambda i, b, h: (b, rev(i))),
-                 pl.BlockSpec((None, length), lambda i, b, h: (b, 0))]
+    in_specs += [pl.BlockSpec((SQ, block_q), lambda i, b, h: (b, rev(i))),
+                 pl.BlockSpec((SQ, length), lambda i, b, h: (b, 0))]
     inputs += [segment_ids, segment_ids]
   in_specs += [range_spec, range_spec]
   inputs += [lo, hi]
@@ -313,16 +336,16 @@ def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_s
   rev = lambda j: num_k - 1 - j
   grouped = lambda x: x.reshape(batch, length, kv_heads, group, head_dim)
   grouped_rows = lambda x: x.reshape(batch, kv_heads, group, length)
-  q_spec = pl.BlockSpec((None, length, None, group, head_dim),
+  q_spec = pl.BlockSpec((SQ, length, SQ, group, head_dim),
                         lambda j, b, g: (b, 0, g, 0, 0))
-  kv_spec = pl.BlockSpec((None, block_k, None, head_dim), lambda j, b, g: (b, rev(j), g, 0))
-  row_spec = pl.BlockSpec((None, None, group, length), lambda j, b, g: (b, g, 0, 0))
-  range_spec = pl.BlockSpec((None, num_k), lambda j, b, g: (b, 0))
+  kv_spec = pl.BlockSpec((SQ, block_k, SQ, head_dim), lambda j, b, g: (b, rev(j), g, 0))
+  row_spec = pl.BlockSpec((SQ, SQ, group, length), lambda j, b, g: (b, g, 0, 0))
+  range_spec = pl.BlockSpec((SQ, num_k), lambda j, b, g: (b, 0))
   in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
   inputs = [grouped(q), k, v, grouped(d_out), grouped_rows(lse), grouped_rows(delta)]
   if has_segments:
-    in_specs += [pl.BlockSpec((None, length), lambda j, b, g: (b, 0)),
-                 pl.BlockSpec((None, block_k), lambda j, b, g: (b, rev(j)))]
+    in_specs += [pl.BlockSpec((SQ, length), lambda j, b, g: (b, 0)),
+                 pl.BlockSpec((SQ, block_k), lambda j, b, g: (b, rev(j)))]
     inputs += [segment_ids, segment_ids]
   in_specs += [range_spec, range_spec]
   inputs += [lo, hi]

@@ -1,0 +1,109 @@
+"""On a real GPU: our kernel's output and gradients against the fp32 reference.
+
+Relative Frobenius error ||ours - ref|| / ||ref|| for out, dq, dk, dv on a few
+shapes (grouped heads, packed segments, odd lengths, head_dim 64 and 128, bf16
+and fp32), fresh random inputs each. Prints one JSON line per case and writes
+them all to --out. Exit status 1 if any case fails its tolerance.
+
+  python benchmarks/device/check_gpu.py --out check.json [--interpret]
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qmath_jax import kernels
+
+# (batch, length, heads, kv_heads, head_dim, dtype, causal, packed)
+CASES = [
+    (2, 1000, 28, 4, 128, "bfloat16", True, False),
+    (2, 1000, 28, 4, 128, "bfloat16", True, True),
+    (1, 4096, 12, 2, 128, "bfloat16", True, True),
+    (2, 384, 7, 1, 64, "float32", True, True),
+    (2, 200, 4, 2, 64, "float32", False, True),
+    (1, 512, 8, 8, 128, "bfloat16", False, False),
+]
+TOLERANCE = {"bfloat16": 3e-2, "float32": 1e-4}
+
+
+def packed_ids(rng, batch, length):
+  cuts = np.sort(rng.integers(1, length, size=(batch, 3)), axis=1)
+  ids = np.zeros((batch, length), np.int32)
+  for row in range(batch):
+    for cut in cuts[row]:
+      ids[row, cut:] += 1
+  return jnp.asarray(ids)
+
+
+def relative_error(ours, ref):
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  if not np.all(np.isfinite(ours)):
+    return float("inf")
+  return float(np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def check_case(case, seed, interpret):
+  batch, length, heads, kv_heads, head_dim, dtype, causal, packed = case
+  rng = np.random.default_rng(seed)
+  keys = jax.random.split(jax.random.key(seed), 4)
+  q = jax.random.normal(keys[0], (batch, length, heads, head_dim), dtype)
+  k = jax.random.normal(keys[1], (batch, length, kv_heads, head_dim), dtype)
+  v = jax.random.normal(keys[2], (batch, length, kv_heads, head_dim), dtype)
+  d_out = jax.random.normal(keys[3], q.shape, dtype)
+  segment_ids = packed_ids(rng, batch, length) if packed else None
+
+  def ours(q, k, v):
+    return kernels.flash_attention(q, k, v, segment_ids=segment_ids, causal=causal,
+                                   backend="gpu", interpret=interpret)
+
+  def ref(q, k, v):
+    return kernels.reference_attention(q, k, v, segment_ids=segment_ids, causal=causal)
+
+  def value_and_grads(fn, *args):
+    out, vjp = jax.vjp(fn, *args)
+    return (out,) + vjp(d_out.astype(out.dtype))
+
+  got = jax.jit(lambda q, k, v: value_and_grads(ours, q, k, v))(q, k, v)
+  upcast = [x.astype(jnp.float32) for x in (q, k, v)]
+  want = jax.jit(lambda q, k, v: value_and_grads(ref, q, k, v))(*upcast)
+  errors = {name: relative_error(a, b) for name, a, b in zip(("out", "dq", "dk", "dv"), got, want)}
+  passed = all(e <= TOLERANCE[dtype] for e in errors.values())
+  return dict(batch=batch, length=length, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+              dtype=dtype, causal=causal, packed=packed, errors=errors, passed=passed)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out")
+  parser.add_argument("--interpret", action="store_true", help="CPU dry run on small cases")
+  args = parser.parse_args(argv)
+  jax.config.update("jax_default_matmul_precision", "highest")
+  cases = CASES
+  if args.interpret:
+    cases = [(1, min(c[1], 200), min(c[2], 8), min(c[3], 8) if c[2] > 8 else c[3], c[4], c[5],
+              c[6], c[7]) for c in CASES[:4]]
+  results = []
+  for seed, case in enumerate(cases):
+    try:
+      result = check_case(case, seed, args.interpret)
+    except Exception as error:  # Recorded, so the other cases still run.
+      result = dict(case=list(case), passed=False,
+                    error=f"{type(error).__name__}: {str(error)[:400]}")
+    print(json.dumps(result), flush=True)
+    results.append(result)
+  if args.out:
+    with open(args.out + ".tmp", "w") as handle:
+      json.dump(dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__,
+                     results=results), handle, indent=1)
+    os.replace(args.out + ".tmp", args.out)
+  print("check:", "all passed" if all(r["passed"] for r in results) else "FAILURES")
+  return 0 if all(r["passed"] for r in results) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
