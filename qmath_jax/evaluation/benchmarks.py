@@ -117,8 +117,13 @@ def problems_from_rows(rows: list[dict], name: str, kind: str | None = None,
   return out
 
 
-def load(name: str, data_dir=None, limit: int | None = None) -> list[Problem]:
-  """The problems of benchmark `name` (the first `limit` rows when given)."""
+def load(name: str, data_dir=None, limit: int | None = None,
+         keep_empty_gold: bool = False) -> list[Problem]:
+  """The problems of benchmark `name` (of its first `limit` rows when given).
+
+  Rows whose gold answer is empty cannot be graded and are left out unless `keep_empty_gold`
+  (gaokao2023en has two such rows); `Problem.index` stays the row position.
+  """
   bench = get(name)
   path = paths.require_data_dir(data_dir) / bench.path
   if not path.is_file():
@@ -126,7 +131,8 @@ def load(name: str, data_dir=None, limit: int | None = None) -> list[Problem]:
   rows = read_rows(path)
   if limit is not None:
     rows = rows[:limit]
-  return problems_from_rows(rows, name, bench.kind, source=str(path))
+  problems = problems_from_rows(rows, name, bench.kind, source=str(path))
+  return problems if keep_empty_gold else [p for p in problems if p.gold.strip()]
 
 
 def available(data_dir=None, groups=None) -> list[str]:

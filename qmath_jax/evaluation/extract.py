@@ -31,14 +31,18 @@ def last_boxed(text: str) -> str | None:
   if i >= len(text) or text[i] != "{":
     m = re.match(r"([^\s$]+)", text[i:])
     return m.group(1) if m else None
-  depth = 0
-  for j in range(i, len(text)):
+  depth, j = 0, i
+  while j < len(text):
+    if text[j] == "\\":   # \{ and \} are literal braces, not groups
+      j += 2
+      continue
     if text[j] == "{":
       depth += 1
     elif text[j] == "}":
       depth -= 1
       if depth == 0:
         return text[i + 1:j]
+    j += 1
   return None
 
 

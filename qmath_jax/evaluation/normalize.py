@@ -127,6 +127,8 @@ def normalize_answer(answer: str) -> str:
   s = _strip_units(s.strip())
   s = _unwrap_text(s)
   s = re.sub(r"\s+", " ", s).strip()
+  s = re.sub(r"([\(\[])\s+", r"\1", s)
+  s = re.sub(r"\s+([\)\]])", r"\1", s)
   s = re.sub(r"^(?:the answer is|answer:|answer is|ans:)\s*", "", s, flags=re.IGNORECASE)
   s = _strip_units(s)
   s = s.rstrip(".。 ").strip()
