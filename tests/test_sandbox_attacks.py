@@ -286,3 +286,13 @@ def test_dead_worker_is_replaced():
   assert box.worker_pids() == []
   with pytest.raises(ProcessLookupError):
     os.kill(first, 0)
+
+
+def test_nothing_carries_over_in_tmp(sandbox, report, contained):
+  if not report["private_root"]:
+    pytest.skip("without a private root /tmp is the host's own")
+  planted = sandbox.run_batch(["open('/tmp/residue.txt', 'w').write('left for later')"] * 2)
+  assert all(r.error is None for r in planted)
+  own_dir_only = "import os\nsorted(os.listdir('/tmp')) == [os.path.basename(os.getcwd())]"
+  checks = sandbox.run_batch([own_dir_only] * 2)
+  assert [r.output for r in checks] == ["True", "True"]

@@ -104,3 +104,26 @@ def test_bad_inputs_to_run_are_named(sandbox):
     sandbox.run(b"print(1)")
   with pytest.raises(ValueError, match="preludes has 1 entries for 2 codes"):
     sandbox.run_batch(["1", "2"], preludes=[[]])
+
+
+def test_waiting_caller_gets_a_new_worker_when_one_dies():
+  import os
+  import threading
+  with PythonSandbox(timeout=3.0, num_workers=1) as box:
+    box.run("0")
+    (first,) = box.worker_pids()
+    results = {}
+    slow = threading.Thread(target=lambda: results.update(slow=box.run("import time\n"
+                                                                       "time.sleep(600)")))
+    quick = threading.Thread(target=lambda: results.update(quick=box.run("print(5)")))
+    slow.start()
+    threading.Event().wait(0.3)
+    quick.start()       # waits: the only worker is busy
+    threading.Event().wait(0.3)
+    os.killpg(first, 9)
+    slow.join(20)
+    quick.join(20)
+    assert not slow.is_alive() and not quick.is_alive()
+    assert results["slow"].error is not None
+    assert results["quick"].output == "5"
+    assert box.worker_pids() != [first]

@@ -214,23 +214,28 @@ class PythonSandbox:
   # --------------------------------------------------------------------------- pool
 
   def _acquire(self) -> _Worker:
-    try:
-      return self._idle.get_nowait()
-    except queue.Empty:
-      pass
-    with self._lock:
-      if self._closed:
-        raise RuntimeError("PythonSandbox is closed")
-      start = len(self._workers) < self.num_workers
+    """An idle worker; starts one while the pool has room, else waits for one."""
+    while True:
+      with self._lock:
+        if self._closed:
+          raise RuntimeError("PythonSandbox is closed")
+        start = len(self._workers) < self.num_workers and self._idle.empty()
+        if start:
+          self._workers.append(None)  # holds the slot while the worker starts
       if start:
-        self._workers.append(None)  # holds the slot while the worker starts
-    if not start:
-      return self._idle.get()
+        return self._start_worker()
+      each = self._idle.get()
+      if each is not None:
+        return each
+      # None: a dead worker freed its slot; go round and start a new one.
+
+  def _start_worker(self) -> _Worker:
     try:
       started = _Worker(self._argv, self._config, self._startup_timeout)
     except BaseException:
       with self._lock:
         self._workers.remove(None)
+      self._idle.put(None)
       raise
     with self._lock:
       self._workers[self._workers.index(None)] = started
@@ -245,6 +250,7 @@ class PythonSandbox:
         self._workers.remove(each)
     if each.alive:
       each.close()
+    self._idle.put(None)  # wakes a caller waiting for a worker
 
   def _run_one(self, code: str, prelude: Sequence[str]) -> Result:
     if not isinstance(code, str):

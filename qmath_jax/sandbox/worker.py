@@ -366,6 +366,18 @@ def _kill_everything(child_pid: int, pid_namespace: bool) -> None:
       return
 
 
+def _empty_directory(path: str) -> None:
+  for name in os.listdir(path):
+    entry = os.path.join(path, name)
+    if os.path.isdir(entry) and not os.path.islink(entry):
+      shutil.rmtree(entry, ignore_errors=True)
+    else:
+      try:
+        os.unlink(entry)
+      except OSError:
+        pass
+
+
 def _describe_exit(status: int | None) -> str:
   if status is not None and os.WIFSIGNALED(status):
     return f"Process killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
@@ -396,6 +408,8 @@ def run_job(job: dict, config: dict, layers: dict) -> dict:
     os.close(read_fd)
     _kill_everything(pid, layers["pid_namespace"])
     shutil.rmtree(workdir, ignore_errors=True)
+    if layers["private_root"]:
+      _empty_directory("/tmp")  # the private /tmp: nothing carries over to the next program
   if line:
     try:
       result = json.loads(line)
