@@ -7,8 +7,10 @@ is one jsonl file described in the data directory's MANIFEST.md. Every row becom
   id        "<source>/<row id>" (the file's own id field when it has one, else the line number)
   dataset   the source name, e.g. "gsm8k/test"
   question  the problem statement as the model sees it (body + question where split)
-  answer    the gold final answer as a plain string (simple parsing, see ``_gold_*``; the
-            evaluation grader normalises further)
+  answer    the gold final answer as a plain string, read as ``evaluation.gold.gold_answer``
+            reads it (GSM8K after ``####``, MATH's answer field or last ``\boxed{}``, letters for
+            multiple choice, ``choice_answer`` first where a file has one); the grader
+            normalises further
   solution  the reference solution text, "" when the file has none
   choices   the options of a multiple-choice problem ("A. ...", "B. ..."), else ()
   meta      the remaining source fields that matter downstream (level, subject, type, ...)
@@ -163,11 +165,6 @@ def _choice_or_answer(row):
               meta={"answer_text": row["answer"]})
 
 
-def _cn_middle(row):
-  return dict(question=row["question"], answer=_strip_dollars(row["answer"]),
-              meta={"choice_answer": row.get("choice_answer")})
-
-
 def _gaokao_cloze(row):
   return dict(question=row["question"], answer=_strip_dollars(row["answer"]))
 
@@ -194,7 +191,9 @@ def _olympiad(row):
   question = row["question"]
   if row.get("context"):
     question = f"{row['context']}\n{question}"
-  return dict(question=question, answer=_strip_dollars(row["final_answer"][0]),
+  answers = row["final_answer"]
+  answers = answers if isinstance(answers, list) else [answers]
+  return dict(question=question, answer=", ".join(_strip_dollars(a) for a in answers),
               solution="\n".join(row.get("solution") or ()),
               meta={k: row.get(k) for k in ("subfield", "unit", "answer_type")})
 
@@ -218,7 +217,7 @@ SOURCES: dict[str, tuple[str, Callable[[dict], dict], str | None]] = {
     "carp_en/demo": ("carp_en/demo.json", _carp, None),
     "carp_en/test": ("carp_en/test.jsonl", _carp, None),
     "cmath/test": ("cmath/test.jsonl", _cmath, None),
-    "cn_middle_school/test": ("cn_middle_school/test.jsonl", _cn_middle, "idx"),
+    "cn_middle_school/test": ("cn_middle_school/test.jsonl", _choice_or_answer, "idx"),
     "college_math/test": ("college_math/test.jsonl", _plain, None),
     "gaokao2023en/test": ("gaokao2023en/test.jsonl", _plain, None),
     "gaokao2024_I/test": ("gaokao2024_I/test.jsonl", _plain, None),
