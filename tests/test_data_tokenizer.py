@@ -1,4 +1,4 @@
-"""Tokenizers: round trips, special tokens, file detection, over tokenizer.json and sentencepiece."""
+"""Tokenizers: round trips, special tokens and file detection, for both backends."""
 
 import pytest
 

@@ -23,6 +23,10 @@ import pathlib
 import tempfile
 from collections.abc import Iterable, Sequence
 
+import sentencepiece
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
 from qmath_jax.data import chat
 
 SPECIAL_TOKENS = (chat.ENDOFTEXT, chat.IM_START, chat.IM_END)
@@ -64,7 +68,6 @@ class HFTokenizer(Tokenizer):
   """A Hugging Face ``tokenizer.json`` (byte-level BPE for Qwen) via the ``tokenizers`` package."""
 
   def __init__(self, path: str | os.PathLike):
-    import tokenizers  # pylint: disable=g-import-not-at-top
     self.path = pathlib.Path(path)
     self._tok = tokenizers.Tokenizer.from_file(str(self.path))
     missing = [t for t in SPECIAL_TOKENS if self._tok.token_to_id(t) is None]
@@ -93,7 +96,6 @@ class SentencePieceTokenizer(Tokenizer):
   """A sentencepiece model whose ChatML special tokens are user-defined symbols."""
 
   def __init__(self, path: str | os.PathLike):
-    import sentencepiece  # pylint: disable=g-import-not-at-top
     self.path = pathlib.Path(path)
     self._sp = sentencepiece.SentencePieceProcessor(model_file=str(self.path))
     missing = [t for t in SPECIAL_TOKENS if self._sp.piece_to_id(t) == self._sp.unk_id()]
@@ -158,10 +160,9 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_path: str | o
   are never split and map to their ids when written in text. Byte fallback covers characters
   unseen in training; digits are split one per token; no normalisation and no dummy prefix, so
   ``decode(encode(text)) == text``. ``vocab_size`` must exceed the 256 byte pieces, the special
-  tokens and the distinct characters of ``texts``. The model is written to a temporary name and renamed to
-  ``out_path`` (which should end in ``.model``).
+  tokens and the distinct characters of ``texts``. The model is written to a temporary name
+  and renamed to ``out_path`` (which should end in ``.model``).
   """
-  import sentencepiece  # pylint: disable=g-import-not-at-top
   out_path = pathlib.Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
@@ -185,8 +186,6 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int,
   Same pre-tokenizer split pattern as Qwen2's tokenizer, ByteLevel byte mapping, and the ChatML
   special tokens as added special tokens (ids 0, 1, 2). Written to a temp name and renamed.
   """
-  import tokenizers  # pylint: disable=g-import-not-at-top
-  from tokenizers import decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
   qwen_split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
                 r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
   tok = tokenizers.Tokenizer(models.BPE())
