@@ -296,3 +296,28 @@ def test_nothing_carries_over_in_tmp(sandbox, report, contained):
   own_dir_only = "import os\nsorted(os.listdir('/tmp')) == [os.path.basename(os.getcwd())]"
   checks = sandbox.run_batch([own_dir_only] * 2)
   assert [r.output for r in checks] == ["True", "True"]
+
+
+def test_without_namespaces_escaped_processes_still_end():
+  # The fallback for hosts without namespaces: the worker is a child subreaper and kills
+  # generation by generation, so even children that left the process group with setsid() end.
+  baseline = _uid_processes(65534)
+  with PythonSandbox(timeout=1.0, num_workers=1, namespaces=False) as box:
+    report = box.isolation_report()
+    assert not report["pid_namespace"] and not report["private_root"]
+    result = box.run(
+        "import os, time\n"
+        "for _ in range(3):\n"
+        "  if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "      time.sleep(600)\n"
+        "    time.sleep(600)\n"
+        "while True:\n"
+        "  pass")
+    assert result.timed_out
+    if os.geteuid() == 0:
+      assert _uid_processes(65534) - baseline == set()
+    (worker_pid,) = box.worker_pids()
+    assert _descendants(worker_pid) == set()
+    assert box.run("print(7)").output == "7"

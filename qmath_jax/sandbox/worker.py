@@ -59,6 +59,7 @@ _MS_BIND = 4096
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_CHILD_SUBREAPER = 36
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 _DEVICES = ("null", "zero", "full", "random", "urandom")
 # Run once after preloading, so the lazy imports and caches of the first call are paid in the
@@ -280,6 +281,8 @@ def set_up(config: dict) -> dict:
     if name in _WARMUP:
       exec(_WARMUP[name], {name: module})  # pylint: disable=exec-used  (our own code)
   layers["pid_namespace"] = os.getpid() == 1
+  if not layers["pid_namespace"]:
+    _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
   interfaces = _network_interfaces()
   layers["network_interfaces"] = interfaces
   layers["no_network"] = (set(interfaces) <= {"lo"} and not _loopback_reachable())
@@ -345,21 +348,41 @@ def _wait_exit(pid: int, deadline: float) -> int | None:
     time.sleep(0.002)
 
 
+def _children_of(parent: int) -> list[int]:
+  """Pids whose parent is `parent`, from /proc."""
+  found = []
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat", "rb") as stat:
+          fields = stat.read().rsplit(b")", 1)[1].split()
+      except (OSError, IndexError):
+        continue
+      if int(fields[1]) == parent:
+        found.append(int(entry))
+  return found
+
+
 def _kill_everything(child_pid: int, pid_namespace: bool) -> None:
-  """Kills and reaps every process the job left (the whole namespace when we are its init)."""
+  """Kills and reaps every process the job left.
+
+  As init of a PID namespace, kill(-1) reaches all of them. Otherwise the worker is a child
+  subreaper: it kills the job's process group and every direct child, reaps one, and repeats;
+  the orphans of each killed generation become its children and fall in the next round, so
+  even processes that left the group with setsid() end.
+  """
   while True:
     if pid_namespace:
-      try:
-        os.kill(-1, signal.SIGKILL)
-      except ProcessLookupError:
-        pass
+      targets = [lambda: os.kill(-1, signal.SIGKILL)]
     else:
-      for kill in (lambda: os.killpg(child_pid, signal.SIGKILL),
-                   lambda: os.kill(child_pid, signal.SIGKILL)):
-        try:
-          kill()
-        except (ProcessLookupError, PermissionError):
-          pass
+      targets = [lambda: os.killpg(child_pid, signal.SIGKILL)]
+      targets += [lambda pid=pid: os.kill(pid, signal.SIGKILL)
+                  for pid in _children_of(os.getpid())]
+    for kill in targets:
+      try:
+        kill()
+      except (ProcessLookupError, PermissionError):
+        pass
     try:
       os.waitpid(-1, 0)
     except ChildProcessError:
