@@ -137,3 +137,15 @@ def test_grading_in_threads_matches_serial():
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     threaded = list(pool.map(lambda pg: math_equal(*pg), pairs))
   assert threaded == serial
+
+
+def test_sympy_fallback_settles_what_floats_cannot(monkeypatch):
+  calls = []
+  real = symbolic.symbolic_equal
+  monkeypatch.setattr(symbolic, "symbolic_equal",
+                      lambda *a, **k: calls.append(a) or real(*a, **k))
+  assert math_equal("\\frac{2004!}{2003!}", "2004")
+  assert not math_equal("\\frac{9}{2004!}", "\\frac{1}{2004!}")   # both underflow as floats
+  assert math_equal("2^{5000}", "4^{2500}")                         # exact integers
+  assert not math_equal("2^{5000}+1", "4^{2500}")
+  assert len(calls) == 2

@@ -2,11 +2,12 @@
 
 `normalize_answer` turns a final-answer string into a canonical LaTeX-ish form: no `$`, no
 `\\left`/`\\right`, no spacing commands, `\\dfrac`/`\\tfrac` -> `\\frac`, `\\frac12` ->
-`\\frac{1}{2}`, no degrees, percent signs as one trailing `%`, no trailing units, no `x =` prefix, number words
-as digits, no trailing `.0`. It is idempotent, and it never removes a letter that could be part
-of the mathematics: units are stripped only when they are whole words from `UNIT_WORDS`, or
-single letters wrapped in `\\text{}`/`\\mathrm{}` after a number (`4\\text{ m}` -> `4`, but
-`4t` stays `4t`), so that an answer cannot win by dropping a variable.
+`\\frac{1}{2}`, no degrees, percent signs as one trailing `%`, no trailing units, no `x =`
+prefix, number words as digits, no trailing `.0`. It is idempotent, and it never removes a
+letter that could be part of the mathematics: units are stripped only when they are whole
+words from `UNIT_WORDS`, or single letters wrapped in `\\text{}`/`\\mathrm{}` after a number
+(`4\\text{ m}` -> `4`, but `4t` stays `4t`), so that an answer cannot win by dropping a
+variable.
 """
 
 import functools
@@ -64,8 +65,8 @@ _TRAILING_WRAPPED_UNIT = re.compile(
 _TRAILING_CN_UNIT = re.compile(r"(?<=\d)\s*(?:" + _CN_UNIT_ALT + r")\s*$")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|mathit|rm|bf|"
                            r"operatorname|boldsymbol|mathbb|mathsf)\s*\{([^{}]*)\}")
-_SPACING = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad(?![a-zA-Z])|\\displaystyle|\\(?:big|Big|bigg|Bigg)"
-                      r"[lr]?(?![a-zA-Z])")
+_SPACING = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad(?![a-zA-Z])|\\displaystyle|"
+                      r"\\(?:big|Big|bigg|Bigg)[lr]?(?![a-zA-Z])")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![a-zA-Z])\s*(\\\{|\\\}|\\\||[\(\)\[\]\|\.]|"
                          r"\\langle|\\rangle)?")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\^\s*\{\s*\\circ\s*\}|°|\\circ(?![a-zA-Z])|"

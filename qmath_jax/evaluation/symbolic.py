@@ -152,13 +152,17 @@ def _to_sympy(tree, sp):
   raise ValueError(f"unknown node {kind}")
 
 
-def _is_zero(expr, sp) -> bool:
-  if expr == 0:
+def _equal(a, b, sp) -> bool:
+  """simplify(a - b) == 0, else agreement of 40-digit values to a relative 1e-15."""
+  if a == b or sp.simplify(a - b) == 0:
     return True
-  if sp.simplify(expr) == 0:
+  va, vb = sp.N(a, 40), sp.N(b, 40)
+  if not (va.is_number and vb.is_number and va.is_finite and vb.is_finite):
+    return False   # undefined values (1/0, nan) equal nothing
+  scale = sp.Max(sp.Abs(va), sp.Abs(vb))   # arbitrary-precision: no float underflow
+  if scale == 0:
     return True
-  value = sp.N(expr, 30)
-  return value.is_number and abs(complex(value)) < 1e-12
+  return bool(sp.Abs(sp.N(va - vb, 40)) <= sp.Float("1e-15") * scale)
 
 
 def _serve() -> None:
@@ -174,7 +178,7 @@ def _serve() -> None:
     try:
       request = json.loads(line)
       a, b = _to_sympy(request["a"], sp), _to_sympy(request["b"], sp)
-      equal = _is_zero(a - b, sp) or (request.get("up_to_sign") and _is_zero(a + b, sp))
+      equal = _equal(a, b, sp) or (request.get("up_to_sign") and _equal(a, -b, sp))
     except Exception:  # pylint: disable=broad-except
       equal = False
     sys.stdout.write(json.dumps({"equal": bool(equal)}) + "\n")
