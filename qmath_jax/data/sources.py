@@ -21,6 +21,7 @@ The data directory is a config value: ``load(name, data_dir=...)`` resolves it w
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Callable
 
@@ -308,7 +309,6 @@ def load_jsonl_problems(path, *, strict: bool = False,
 
 def write_jsonl(problems, path) -> None:
   """Writes Problems (or plain dicts) one JSON object a line, via a temp name and a rename."""
-  import os  # pylint: disable=g-import-not-at-top
   tmp = f"{path}.tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     for p in problems:
