@@ -196,3 +196,19 @@ def test_loading_conversation_and_rm_files_counts_bad_rows(tmp_path):
                                  "labels": [1, 0, 2, 0, 0, 0]}) + "\n")
   with pytest.raises(records.BadRowError, match=r"rm\.jsonl:1: malformed field"):
     pipelines.load_rm_lists(rm_path, records.BadRows(strict=True))
+
+
+def test_iterator_state_goes_into_an_orbax_checkpoint(tok, conversations, tmp_path):
+  import grain  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  cfg = _cfg(num_epochs=None, seed=3)
+  iterator = iter(pipelines.sft_pipeline(conversations, tok, cfg))
+  for _ in range(5):
+    next(iterator)
+  manager = ocp.CheckpointManager(tmp_path / "ckpt")
+  manager.save(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+  manager.wait_until_finished()
+  expected = [next(iterator) for _ in range(3)]
+  resumed = iter(pipelines.sft_pipeline(conversations, tok, cfg))
+  manager.restore(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+  assert _equal_batches([next(resumed) for _ in range(3)], expected)
