@@ -10,6 +10,7 @@ words from `UNIT_WORDS`, or single letters wrapped in `\\text{}`/`\\mathrm{}` af
 variable.
 """
 
+import fractions
 import functools
 import re
 
@@ -84,6 +85,19 @@ _FULL_WIDTH = str.maketrans({"，": ",", "（": "(", "）": ")", "：": ":", "�
                              "∞": "\\infty ", "∪": "\\cup ", "∩": "\\cap "})
 
 
+_TIME_OF_DAY = re.compile(r"(\d\s*)([aApP])\.?\s*[mM]\.?(?![a-zA-Z])")
+_REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d+)\}")
+
+
+def _repeating_to_fraction(m: re.Match) -> str:
+  """`0.1\\overline{6}` -> `\\frac{1}{6}`."""
+  sign, whole, fixed, period = m.groups()
+  scale = 10 ** len(fixed)
+  value = (int(whole or "0") * scale + int(fixed or "0")
+           + fractions.Fraction(int(period), 10 ** len(period) - 1)) / scale
+  return f"{sign}\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
 def _fix_fracs(s: str) -> str:
   """`\\frac12` -> `\\frac{1}{2}`, `\\frac1b` -> `\\frac{1}{b}`, `\\frac{a}2` -> `\\frac{a}{2}`."""
   s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
@@ -116,7 +130,7 @@ def _strip_units(s: str) -> str:
 def normalize_answer(answer: str) -> str:
   """Canonical form of one final answer (see the module docstring). Idempotent."""
   s = str(answer).translate(_FULL_WIDTH).replace("\n", " ").replace("\t", " ")
-  s = s.replace("$", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+  s = s.replace("\\$", "").replace("$", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
   s = s.replace("{,}", "").replace("\\{,\\}", "")
   s = _SPACING.sub(" ", s).replace("~", " ")
   s = _LEFT_RIGHT.sub(lambda m: m.group(1) or "", s)
@@ -139,6 +153,8 @@ def normalize_answer(answer: str) -> str:
   s = _IN_PREFIX.sub("", s)
   if s.count("=") == 1:
     s = _EQ_PREFIX.sub("", s)
+  s = _TIME_OF_DAY.sub(lambda m: m.group(1) + m.group(2).lower() + "m", s)
+  s = _REPEATING.sub(_repeating_to_fraction, s)
   s = _fix_fracs(s)
   if _THOUSANDS.match(s):
     s = s.replace(",", "")
