@@ -2,7 +2,9 @@
 
 import json
 
+import grain
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from qmath_jax.data import chat
@@ -199,8 +201,6 @@ def test_loading_conversation_and_rm_files_counts_bad_rows(tmp_path):
 
 
 def test_iterator_state_goes_into_an_orbax_checkpoint(tok, conversations, tmp_path):
-  import grain  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   cfg = _cfg(num_epochs=None, seed=3)
   iterator = iter(pipelines.sft_pipeline(conversations, tok, cfg))
   for _ in range(5):
