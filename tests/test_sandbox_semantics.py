@@ -127,3 +127,11 @@ def test_waiting_caller_gets_a_new_worker_when_one_dies():
     assert results["slow"].error is not None
     assert results["quick"].output == "5"
     assert box.worker_pids() != [first]
+
+
+def test_program_that_exits_without_a_result(sandbox):
+  exited = sandbox.run("import os\nprint('lost')\nos._exit(3)")
+  assert exited.error == "Process exited with status 3 before reporting a result"
+  assert exited.output == "" and not exited.timed_out
+  killed = sandbox.run("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)")
+  assert killed.error == "Process killed by signal SIGSEGV"

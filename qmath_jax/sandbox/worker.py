@@ -1,21 +1,22 @@
 """The sandbox worker: a fork server that runs untrusted Python programs one at a time.
 
 The host starts this file as a script (``python -s -B worker.py``, with an environment of
-fixed settings only), usually inside fresh PID,
-network, mount, IPC and UTS namespaces (see ``isolation.py``). It speaks one JSON object per
-line on stdin/stdout:
+fixed settings only), usually inside fresh PID, network, mount, IPC and UTS namespaces (see
+``isolation.py``). It speaks one JSON object per line on stdin/stdout:
 
-  host -> worker, first line: the configuration (user ids, rlimits, private root, preloads).
+  host -> worker, first line: the configuration (timeout, user ids, rlimits, private root,
+    preloads).
   worker -> host: ``{"ready": true, "layers": {...}}`` once set up, or ``{"ready": false,
     "error": "..."}``.
-  host -> worker, then per job: ``{"code": str, "prelude": [str, ...], "timeout": float}``.
+  host -> worker, then per job: ``{"code": str, "prelude": [str, ...]}``.
   worker -> host: ``{"output": str, "error": str | null, "timed_out": bool}``.
 
 Per job the worker forks a child that starts its own session (process group), lowers its
 rlimits, drops to the unprivileged user, closes every inherited descriptor, clears the
 environment, works in a fresh temporary directory and executes the program. After the job,
 every process the job left behind is killed and reaped (all of the PID namespace when the
-worker is its init, else the child's process group), and the temporary directory is removed.
+worker is its init, else generation by generation as a child subreaper), the temporary
+directory is removed and the private /tmp emptied.
 
 Program semantics follow the Qwen2.5-Math evaluation executor: stdout is captured; when the
 last top-level statement is a bare expression other than a ``print(...)`` call its ``str``
@@ -49,6 +50,7 @@ TIMEOUT_ERROR = "Timeout Error"
 INPUT_ERROR = "input() is not supported in the sandbox"
 MAX_RESULT_BYTES = 1 << 20   # longest result line the worker accepts from a job child
 _KEEP_CHARS = 1 << 16        # stdout characters kept at each end while a program runs
+_SETUP_FAILED = 70           # exit status of a job child whose isolation set-up raised
 
 _MS_RDONLY = 1
 _MS_NOSUID = 2
@@ -293,8 +295,8 @@ def set_up(config: dict) -> dict:
 # ----------------------------------------------------------------------------- jobs
 
 
-def _child(job: dict, config: dict, result_fd: int, workdir: str) -> None:
-  """Runs in the forked child: isolates itself, executes the job, writes one result line."""
+def _isolate(config: dict, result_fd: int, workdir: str) -> None:
+  """Runs in the forked child before the program: every per-program isolation layer."""
   os.setsid()
   os.dup2(result_fd, 3)
   null = os.open("/dev/null", os.O_RDWR)
@@ -314,10 +316,12 @@ def _child(job: dict, config: dict, result_fd: int, workdir: str) -> None:
   os.environ.clear()
   os.umask(0o077)
   signal.signal(signal.SIGINT, signal.SIG_DFL)
-  result = execute(job["code"], job.get("prelude", ()))
-  line = (json.dumps(result) + "\n").encode()
+
+
+def _report(result: dict) -> None:
+  """Writes the child's one result line on fd 3."""
   with os.fdopen(3, "wb", buffering=0) as out:
-    out.write(line)
+    out.write((json.dumps(result) + "\n").encode())
 
 
 def _read_line(fd: int, deadline: float, limit: int = MAX_RESULT_BYTES) -> bytes | None:
@@ -405,23 +409,28 @@ def _describe_exit(status: int | None) -> str:
   if status is not None and os.WIFSIGNALED(status):
     return f"Process killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
   code = os.WEXITSTATUS(status) if status is not None else "unknown"
+  if code == _SETUP_FAILED:
+    return "Sandbox set-up failed in the program's process"
   return f"Process exited with status {code} before reporting a result"
 
 
 def run_job(job: dict, config: dict, layers: dict) -> dict:
   """Forks a sandboxed child for `job`, enforces its timeout, cleans up; returns the result."""
-  timeout = float(job.get("timeout", config["timeout"]))
+  timeout = float(config["timeout"])
   workdir = tempfile.mkdtemp(prefix="job-", dir="/tmp")
   if config.get("uid") is not None:
     os.chown(workdir, config["uid"], config["gid"])
   read_fd, write_fd = os.pipe()
   pid = os.fork()
   if pid == 0:
+    status = _SETUP_FAILED
     try:
       os.close(read_fd)
-      _child(job, config, write_fd, workdir)
+      _isolate(config, write_fd, workdir)
+      status = 0
+      _report(execute(job["code"], job.get("prelude", ())))
     finally:
-      os._exit(0)  # pylint: disable=protected-access
+      os._exit(status)  # pylint: disable=protected-access
   os.close(write_fd)
   deadline = time.monotonic() + timeout
   try:
