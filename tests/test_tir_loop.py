@@ -204,3 +204,13 @@ def test_inconsistent_sampler_is_named(sandbox):
                                 "```")] for _ in prompts]
   with pytest.raises(ValueError, match="prompt 0 sample 0 round 0: decode"):
     tir.generate_tir(Broken(), CharTokenizer(), RecordingExecutor(sandbox), [PROMPT_A])
+
+
+def test_round_limit_ends_a_sample(sandbox):
+  model = ScriptedModel({PROMPT_C: C1 + C2})
+  (sample,), = tir.generate_tir(model, CharTokenizer(), RecordingExecutor(sandbox),
+                                [PROMPT_C], max_rounds=2)
+  # Round 0 opens the text block, round 1 closes it; no code ran.
+  assert sample.text == "Plain block:\n```text\nnot code\n```"
+  assert sample.finish_reason == types.FINISH_LENGTH and sample.calls == []
+  assert len(model.calls) == 2
