@@ -116,6 +116,15 @@ def test_sympy_hard_expression_times_out_cleanly():
                                  ["pow", ["num", "8"], ["num", "1000"]], timeout=30)
 
 
+def test_timeout_bounds_the_whole_comparison():
+  symbolic.worker().equal(["num", "1"], ["num", "1"], timeout=30)
+  pred = "\\{" + ", ".join([SLOW_PRED] * 6) + "\\}"
+  gold = "\\{" + ", ".join([SLOW_GOLD] * 6) + "\\}"
+  start = time.monotonic()
+  assert not math_equal(pred, gold, timeout=1.0)
+  assert time.monotonic() - start < 5.0
+
+
 def test_timeout_works_in_threads():
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     results = list(pool.map(lambda _: _timed_check(), range(2)))

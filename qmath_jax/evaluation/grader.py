@@ -12,11 +12,14 @@ Checks, cheapest first (SPEC, "Inference and evaluation"):
      `lhs - rhs` up to a non-zero factor;
   5. one expression each: exact/complex evaluation at a few fixed points (`numeric`); only
      when that is inconclusive (overflow, huge powers, domain errors), sympy in a worker
-     process (`symbolic`), with `timeout` seconds; a timeout counts as not equal.
+     process (`symbolic`). `timeout` bounds the whole comparison (all elements of a tuple
+     together), so a long list of hard elements cannot stall the caller; running out of
+     time counts as not equal.
 """
 
 import fractions
 import re
+import time
 
 from qmath_jax.evaluation import latex_expr
 from qmath_jax.evaluation import normalize
@@ -29,6 +32,7 @@ NUMBER_REL_TOL = 1e-4     # SPEC: numbers within relative 1e-4
 EXPRESSION_REL_TOL = 1e-6  # point-wise agreement of expressions with variables
 EXACT_REL_TOL = 1e-9       # two exact irrational constants (float evaluation error only)
 _MAX_DEPTH = 4
+MAX_ITEMS = 64             # longer lists/matrices compare as strings only
 
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$", re.IGNORECASE)
 _PLAIN_FRACTION = re.compile(r"^([+-]?)\\frac\{(\d+(?:\.\d+)?)\}\{(\d+(?:\.\d+)?)\}$")
@@ -133,13 +137,13 @@ def _matrix_cells(s: str) -> list[list[str]] | None:
   return [[c.strip() for c in row.split("&")] for row in rows]
 
 
-def _match_unordered(preds: list[str], golds: list[str], timeout: float, depth: int) -> bool:
-  if len(preds) != len(golds):
+def _match_unordered(preds: list[str], golds: list[str], deadline: float, depth: int) -> bool:
+  if len(preds) != len(golds) or len(golds) > MAX_ITEMS:
     return False
   unused = list(preds)
   for g in golds:
     for k, p in enumerate(unused):
-      if _equal(p, g, timeout, depth + 1):
+      if _equal(p, g, deadline, depth + 1):
         del unused[k]
         break
     else:
@@ -147,12 +151,12 @@ def _match_unordered(preds: list[str], golds: list[str], timeout: float, depth: 
   return True
 
 
-def _match_ordered(preds: list[str], golds: list[str], timeout: float, depth: int) -> bool:
-  return len(preds) == len(golds) and all(
-      _equal(p, g, timeout, depth + 1) for p, g in zip(preds, golds))
+def _match_ordered(preds: list[str], golds: list[str], deadline: float, depth: int) -> bool:
+  return len(preds) == len(golds) <= MAX_ITEMS and all(
+      _equal(p, g, deadline, depth + 1) for p, g in zip(preds, golds))
 
 
-def _expressions_equal(pred: str, gold: str, timeout: float, equation: bool = False) -> bool:
+def _expressions_equal(pred: str, gold: str, deadline: float, equation: bool = False) -> bool:
   """One expression each (or `lhs - rhs` of equations, up to a non-zero factor)."""
   try:
     if equation:
@@ -176,7 +180,10 @@ def _expressions_equal(pred: str, gold: str, timeout: float, equation: bool = Fa
     pairs = [(numeric.evaluate(a, env), numeric.evaluate(b, env)) for env in points]
     pairs = [(complex(x), complex(y)) for x, y in pairs]
   except (numeric.Undecided, OverflowError):
-    return symbolic.symbolic_equal(latex_expr.to_json(a), latex_expr.to_json(b), timeout,
+    left = deadline - time.monotonic()
+    if left <= 0:
+      return False   # the time for this whole comparison is spent
+    return symbolic.symbolic_equal(latex_expr.to_json(a), latex_expr.to_json(b), left,
                                    up_to_sign=equation)
   if not equation:
     return all(numeric.close(x, y, EXPRESSION_REL_TOL) for x, y in pairs)
@@ -193,7 +200,7 @@ def _expressions_equal(pred: str, gold: str, timeout: float, equation: bool = Fa
   return True
 
 
-def _equal(pred: str, gold: str, timeout: float, depth: int = 0) -> bool:
+def _equal(pred: str, gold: str, deadline: float, depth: int = 0) -> bool:
   pred, gold = pred.strip(), gold.strip()
   if depth:
     pred, gold = normalize.normalize_answer(pred), normalize.normalize_answer(gold)
@@ -219,11 +226,11 @@ def _equal(pred: str, gold: str, timeout: float, depth: int = 0) -> bool:
   if pm is not None or gm is not None:
     if pm is None or gm is None or [len(r) for r in pm] != [len(r) for r in gm]:
       return False
-    return _match_ordered([c for r in pm for c in r], [c for r in gm for c in r], timeout, depth)
+    return _match_ordered([c for r in pm for c in r], [c for r in gm for c in r], deadline, depth)
   # Unions of intervals or sets.
   pu, gu = split_top_level(pred, "\\cup"), split_top_level(gold, "\\cup")
   if len(pu) > 1 or len(gu) > 1:
-    return _match_unordered(pu, gu, timeout, depth)
+    return _match_unordered(pu, gu, deadline, depth)
   # Sequences: sets, tuples, intervals, bare lists.
   pb, gb = _outer_brackets(pred), _outer_brackets(gold)
   p_items = split_top_level(pb[1] if pb else pred, ",")
@@ -231,37 +238,37 @@ def _equal(pred: str, gold: str, timeout: float, depth: int = 0) -> bool:
   if len(p_items) > 1 or len(g_items) > 1 or "\\pm" in pred + gold or "\\mp" in pred + gold:
     p_items, g_items = _expand_pm(p_items), _expand_pm(g_items)
     if len(p_items) == 1 and len(g_items) == 1:
-      return _equal(p_items[0], g_items[0], timeout, depth + 1)
+      return _equal(p_items[0], g_items[0], deadline, depth + 1)
     p_set = pb is None or pb[0] == "\\{"
     g_set = gb is None or gb[0] == "\\{"
     if p_set or g_set:
-      return _match_unordered(p_items, g_items, timeout, depth)
+      return _match_unordered(p_items, g_items, deadline, depth)
     if (pb[0], pb[2]) != (gb[0], gb[2]):
       return False
-    return _match_ordered(p_items, g_items, timeout, depth)
+    return _match_ordered(p_items, g_items, deadline, depth)
   if pb and gb and (pb[0], pb[2]) == (gb[0], gb[2]) and (pb[0] != "(" or depth == 0):
-    return _equal(pb[1], gb[1], timeout, depth + 1)
+    return _equal(pb[1], gb[1], deadline, depth + 1)
   # Relations other than '=' compare as strings only (done above).
   if _RELATIONS.search(pred) or _RELATIONS.search(gold):
     return False
   if pred.count("=") == 1 and gold.count("=") == 1:
-    return _expressions_equal(pred, gold, timeout, equation=True)
+    return _expressions_equal(pred, gold, deadline, equation=True)
   if "=" in pred or "=" in gold:
     return False
-  return _expressions_equal(pred, gold, timeout)
+  return _expressions_equal(pred, gold, deadline)
 
 
 def math_equal(pred, gold, timeout: float = 3.0) -> bool:
   """True when `pred` is mathematically equivalent to `gold` (both raw or normalised strings).
 
-  Pure Python and thread-safe; the sympy fallback runs in a per-thread worker process and a
-  check that takes longer than `timeout` seconds returns False.
+  Pure Python and thread-safe; the sympy fallback runs in a per-thread worker process, and a
+  comparison that takes longer than `timeout` seconds in sympy returns False.
   """
   if pred is None or gold is None:
     return False
   pred = normalize.normalize_answer(str(pred))
   gold = normalize.normalize_answer(str(gold))
   try:
-    return _equal(pred, gold, timeout)
+    return _equal(pred, gold, time.monotonic() + timeout)
   except (ArithmeticError, ValueError, RecursionError, numeric.Undecided):
     return False   # an answer the grader cannot read is not a correct answer
