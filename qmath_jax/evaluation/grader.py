@@ -179,6 +179,8 @@ def _expressions_equal(pred: str, gold: str, deadline: float, equation: bool = F
     points = numeric.sample_points(names)
     pairs = [(numeric.evaluate(a, env), numeric.evaluate(b, env)) for env in points]
     pairs = [(complex(x), complex(y)) for x, y in pairs]
+  except numeric.Undefined:
+    return False
   except (numeric.Undecided, OverflowError):
     left = deadline - time.monotonic()
     if left <= 0:
@@ -270,5 +272,5 @@ def math_equal(pred, gold, timeout: float = 3.0) -> bool:
   gold = normalize.normalize_answer(str(gold))
   try:
     return _equal(pred, gold, time.monotonic() + timeout)
-  except (ArithmeticError, ValueError, RecursionError, numeric.Undecided):
+  except (ArithmeticError, ValueError, RecursionError, numeric.Undecided, numeric.Undefined):
     return False   # an answer the grader cannot read is not a correct answer

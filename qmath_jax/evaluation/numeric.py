@@ -23,6 +23,10 @@ class Undecided(Exception):
   """Evaluation cannot settle the question quickly (overflow, domain, unsupported)."""
 
 
+class Undefined(Exception):
+  """The value does not exist (division by zero, 0 to a negative power): equal to nothing."""
+
+
 def _as_complex(v) -> complex:
   if isinstance(v, complex):
     return v
@@ -41,7 +45,7 @@ def _pow(base, exp):
     if exp.denominator == 1:
       e = exp.numerator
       if base == 0 and e < 0:
-        raise Undecided("0 to a negative power")
+        raise Undefined("0 to a negative power")
       if _bits(base) * abs(e) > _MAX_EXACT_BITS:
         raise Undecided("exact power too large")
       return base ** e
@@ -151,7 +155,7 @@ def evaluate(node, env: dict):
   if kind == "div":
     num, den = evaluate(node[1], env), evaluate(node[2], env)
     if den == 0:
-      raise Undecided("division by zero")
+      raise Undefined("division by zero")
     if isinstance(num, Fraction) and isinstance(den, Fraction):
       return num / den
     return _as_complex(num) / _as_complex(den)
