@@ -1,0 +1,186 @@
+"""Prefill and one decode step of the Qwen2.5 decoder over a grouped KV cache.
+
+Each group's prompt is prefilled once into a prompt cache; the group's `n` samples then decode
+against [prompt cache ; their own generated cache], so a prompt's keys and values are computed
+once and read once per step for the whole group (one matmul with n x heads query rows).
+
+    prompt cache, per layer: {"k", "v": [groups, kv_heads, prompt_len, head_dim]}
+    own cache, per layer:    {"k", "v": [rows, kv_heads, max_new, head_dim]}, rows = groups * n
+    rows of group g:         g * n ... g * n + n - 1
+
+kv_heads comes before length so that attention is a batched matmul over contiguous
+(row, kv head) blocks: no transposed copy of the cache per step. Every row writes its step's
+key and value at the same own-cache slot; the prompt is left-padded (segment id 0), so the
+last prompt slot holds every prompt's last token, and true positions come through `positions`.
+
+Numerics follow `qmath_jax.model`: matmuls in the compute dtype, RMSNorm and softmax in fp32,
+logits in fp32. Weights come from `qmath_jax.sampling.weights.prepare`.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from qmath_jax.model import attention
+from qmath_jax.model.config import ModelConfig
+from qmath_jax.model.layers import apply_rope
+
+_NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def rms_norm(x, scale, eps: float):
+  """x / rms(x) * scale: normalised in fp32, cast, then scaled (the model's rounding order)."""
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return scale * x32.astype(scale.dtype)
+
+
+def _split_qkv(cfg: ModelConfig, qkv):
+  """[..., (heads + 2 kv_heads) head_dim] -> q [..., heads, head_dim], k, v [..., kv_heads, head_dim]."""
+  h, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  q = qkv[..., :h * d].reshape(qkv.shape[:-1] + (h, d))
+  key = qkv[..., h * d:(h + k) * d].reshape(qkv.shape[:-1] + (k, d))
+  value = qkv[..., (h + k) * d:].reshape(qkv.shape[:-1] + (k, d))
+  return q, key, value
+
+
+def _mlp(layer, x):
+  gate, up = jnp.split(x @ layer["w_gate_up"], 2, axis=-1)
+  return (jax.nn.silu(gate) * up) @ layer["w_down"]
+
+
+def logits_of(cfg: ModelConfig, weights, hidden):
+  """fp32 logits `[..., vocab]` of final-norm hidden states `[..., embed]`."""
+  if cfg.tie_embeddings:
+    return jnp.einsum("...e,ve->...v", hidden, weights["embedding"],
+                      preferred_element_type=jnp.float32)
+  return jnp.einsum("...e,ev->...v", hidden, weights["lm_head"],
+                    preferred_element_type=jnp.float32)
+
+
+def prefill(cfg: ModelConfig, weights, tokens, positions, segment_ids):
+  """Runs the left-padded prompts and keeps their keys and values.
+
+  Args:
+    cfg: model config.
+    weights: `weights.prepare` output.
+    tokens: int `[groups, prompt_len]`, left-padded.
+    positions: int `[groups, prompt_len]` (0 at each prompt's first real token).
+    segment_ids: int `[groups, prompt_len]`, 1 on prompt tokens and 0 on padding.
+  Returns:
+    (fp32 logits of the last slot `[groups, vocab]`, prompt cache: a list with one
+    {"k", "v": [groups, kv_heads, prompt_len, head_dim]} per layer).
+  """
+  groups, length = tokens.shape
+  impl = "pallas" if cfg.attention == "pallas" else "xla"
+  mask = None
+  if impl == "xla":
+    slots = jnp.arange(length, dtype=jnp.int32)
+    mask = attention.make_mask(segment_ids, segment_ids, slots, slots)
+  x = jnp.take(weights["embedding"], tokens, axis=0)
+  cache = []
+  for layer in weights["layers"]:
+    h = rms_norm(x, layer["input_norm"], cfg.rms_norm_eps)
+    q, k, v = _split_qkv(cfg, h @ layer["wqkv"] + layer["bqkv"])
+    q = apply_rope(q, positions, cfg.rope_theta)
+    k = apply_rope(k, positions, cfg.rope_theta)
+    out = attention.causal_attention(q, k, v, segment_ids, impl, mask)
+    cache.append({"k": k.transpose(0, 2, 1, 3), "v": v.transpose(0, 2, 1, 3)})
+    x = x + out.reshape(groups, length, -1) @ layer["wo"]
+    x = x + _mlp(layer, rms_norm(x, layer["post_norm"], cfg.rms_norm_eps))
+  hidden = rms_norm(x[:, -1], weights["final_norm"], cfg.rms_norm_eps)
+  return logits_of(cfg, weights, hidden), cache
+
+
+def _rows_to_groups(x, groups: int):
+  """`[groups * n, kv_heads, g, ...]` -> `[groups, kv_heads, n * g, ...]`."""
+  rows, kv_heads, g = x.shape[:3]
+  n = rows // groups
+  x = x.reshape((groups, n, kv_heads, g) + x.shape[3:])
+  x = jnp.moveaxis(x, 1, 2)
+  return x.reshape((groups, kv_heads, n * g) + x.shape[4:])
+
+
+def _groups_to_rows(x, n: int):
+  """Inverse of `_rows_to_groups`: `[groups, kv_heads, n * g, ...]` -> `[groups * n, kv_heads, g, ...]`."""
+  groups, kv_heads, ng = x.shape[:3]
+  g = ng // n
+  x = x.reshape((groups, kv_heads, n, g) + x.shape[3:])
+  x = jnp.moveaxis(x, 2, 1)
+  return x.reshape((groups * n, kv_heads, g) + x.shape[4:])
+
+
+def decode_attention(q, prompt_layer, own_layer, prompt_valid, own_valid):
+  """One query token per row over [its group's prompt cache ; its own cache].
+
+  Args:
+    q: `[rows, heads, head_dim]`, rows = groups * n.
+    prompt_layer: {"k", "v": [groups, kv_heads, prompt_len, head_dim]}.
+    own_layer: {"k", "v": [rows, kv_heads, max_new, head_dim]}.
+    prompt_valid: bool `[groups, prompt_len]`.
+    own_valid: bool `[max_new]` (slots written so far, the current one included).
+  Returns:
+    `[rows, heads, head_dim]` in q's dtype; softmax over both parts in fp32.
+  """
+  rows, heads, head_dim = q.shape
+  groups, kv_heads = prompt_layer["k"].shape[:2]
+  n = rows // groups
+  scale = head_dim ** -0.5
+  q_rows = q.reshape(rows, kv_heads, heads // kv_heads, head_dim)
+  q_groups = _rows_to_groups(q_rows, groups)                       # [groups, kv, n*g, d]
+  s_prompt = jnp.einsum("gkmd,gksd->gkms", q_groups, prompt_layer["k"],
+                        preferred_element_type=jnp.float32) * scale
+  s_prompt = jnp.where(prompt_valid[:, None, None, :], s_prompt, _NEG_INF)
+  s_own = jnp.einsum("bkhd,bktd->bkht", q_rows, own_layer["k"],
+                     preferred_element_type=jnp.float32) * scale
+  s_own = jnp.where(own_valid[None, None, None, :], s_own, _NEG_INF)
+  top = jnp.maximum(_groups_to_rows(s_prompt.max(-1), n), s_own.max(-1))   # [rows, kv, g]
+  p_prompt = jnp.exp(s_prompt - _rows_to_groups(top, groups)[..., None])
+  p_own = jnp.exp(s_own - top[..., None])
+  total = _groups_to_rows(p_prompt.sum(-1), n) + p_own.sum(-1)
+  v_dtype = own_layer["v"].dtype
+  o_prompt = jnp.einsum("gkms,gksd->gkmd", p_prompt.astype(v_dtype), prompt_layer["v"],
+                        preferred_element_type=jnp.float32)
+  o_own = jnp.einsum("bkht,bktd->bkhd", p_own.astype(v_dtype), own_layer["v"],
+                     preferred_element_type=jnp.float32)
+  out = (_groups_to_rows(o_prompt, n) + o_own) / total[..., None]
+  return out.reshape(rows, heads, head_dim).astype(q.dtype)
+
+
+def decode_step(cfg: ModelConfig, weights, prompt_cache, prompt_valid, own_cache, tokens,
+                positions, slot):
+  """Feeds one token per row, writing its key and value at own-cache `slot`.
+
+  Args:
+    cfg: model config.
+    weights: `weights.prepare` output.
+    prompt_cache: list per layer of {"k", "v": [groups, kv_heads, prompt_len, head_dim]}.
+    prompt_valid: bool `[groups, prompt_len]`.
+    own_cache: list per layer of {"k", "v": [rows, kv_heads, max_new, head_dim]}.
+    tokens: int `[rows]`.
+    positions: int `[rows]`, each token's position in its sequence.
+    slot: int scalar, the own-cache slot of this step (the same for every row).
+  Returns:
+    (fp32 logits `[rows, vocab]`, the updated own cache).
+  """
+  rows = tokens.shape[0]
+  own_valid = jnp.arange(own_cache[0]["k"].shape[2]) <= slot
+  x = jnp.take(weights["embedding"], tokens, axis=0)
+  new_cache = []
+  for layer, prompt_layer, own_layer in zip(weights["layers"], prompt_cache, own_cache):
+    h = rms_norm(x, layer["input_norm"], cfg.rms_norm_eps)
+    q, k, v = _split_qkv(cfg, h @ layer["wqkv"] + layer["bqkv"])
+    q = apply_rope(q[:, None], positions[:, None], cfg.rope_theta)[:, 0]
+    k = apply_rope(k[:, None], positions[:, None], cfg.rope_theta)[:, 0]
+    start = (0, 0, slot, 0)
+    own_layer = {
+        "k": jax.lax.dynamic_update_slice(own_layer["k"], k[:, :, None].astype(
+            own_layer["k"].dtype), start),
+        "v": jax.lax.dynamic_update_slice(own_layer["v"], v[:, :, None].astype(
+            own_layer["v"].dtype), start),
+    }
+    new_cache.append(own_layer)
+    out = decode_attention(q, prompt_layer, own_layer, prompt_valid, own_valid)
+    x = x + out.reshape(rows, -1) @ layer["wo"]
+    x = x + _mlp(layer, rms_norm(x, layer["post_norm"], cfg.rms_norm_eps))
+  hidden = rms_norm(x, weights["final_norm"], cfg.rms_norm_eps)
+  return logits_of(cfg, weights, hidden), new_cache

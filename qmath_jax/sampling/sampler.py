@@ -1,0 +1,342 @@
+"""The sampler: jitted prefill, then a `lax.while_loop` decode over a donated KV cache.
+
+    sampler = Sampler(cfg, params, tokenizer, mesh=None)
+    completions = sampler.generate(prompts, n=8, temperature=0.7, top_p=0.8,
+                                   max_new_tokens=2048, stop=["```\n"], seed=0)
+    completions[i][j]   # the j-th of n Completions of prompt i (qmath_jax.sampling.types)
+
+How a call runs:
+- Prompts are tokenized, sorted by length and cut into batches of at most `max_rows` rows
+  (rows = prompts x n). Each batch is left-padded to a length bucket; groups, prompt length and
+  own-cache length are bucketed (16, 24, 32, 48, 64, ...: powers of two and their halfway
+  points), so calls of similar sizes reuse one compiled prefill and one compiled decode.
+- Prefill runs each prompt once and samples the first token of its `n` rows from the last
+  prompt logits. The group's rows then decode against [prompt cache ; own cache]
+  (`qmath_jax.sampling.forward`).
+- Decode runs on device as a while loop that stops when every row has sampled an
+  end-of-sequence id or reached `max_new_tokens`. With stop strings it returns every
+  `stop_check_interval` steps: the host decodes each unfinished row's text, marks rows whose
+  text holds a stop string as done (it cuts them at the token that completed the string, also
+  when the string spans tokens), and resumes the loop with the same donated cache.
+- Sampling: greedy when temperature is 0, else temperature, top-k, top-p
+  (`qmath_jax.sampling.filters`). Row (prompt i, sample j) draws from its own key
+  `fold_in(fold_in(key(seed), i), j)` folded with the step, so a completion does not depend on
+  the batch it ran in (up to floating-point differences between compiled batch shapes).
+- Log-probs: fp32 `log_softmax` of the model's logits at each sampled token, i.e. under the
+  temperature-1, unfiltered model distribution, whatever the sampling settings.
+- On a mesh, rows, caches and prompts are split over the batch axes ('data', 'fsdp'); the
+  decode weights are replicated.
+"""
+
+import functools
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from qmath_jax.model.config import ModelConfig
+from qmath_jax.parallel import mesh as mesh_lib
+from qmath_jax.sampling import filters, forward, stops, weights
+from qmath_jax.sampling.types import Completion
+
+MIN_BUCKET = 16
+
+
+def bucket(size: int, minimum: int = MIN_BUCKET) -> int:
+  """Smallest of minimum, 2^k and 3 * 2^(k-1) that holds `size` (at most 1.5x padding)."""
+  size = max(size, minimum)
+  power = 1 << (size - 1).bit_length()
+  halfway = 3 * power // 4
+  return halfway if halfway >= size and halfway >= minimum else power
+
+
+def _floor_pow2(x: int) -> int:
+  return 1 << (max(x, 1).bit_length() - 1)
+
+
+def _eos_hit(tokens, eos_ids):
+  """bool `[rows]`: tokens `[rows]` that are one of eos_ids `[num_eos]` (possibly empty)."""
+  return jnp.any(tokens[:, None] == eos_ids[None, :], axis=-1)
+
+
+class Sampler:
+  """Generates completions for prompt strings (or token ids) with a Qwen2.5 model."""
+
+  def __init__(self, model_config: ModelConfig, params, tokenizer, mesh=None, *,
+               max_rows: int = 256, stop_check_interval: int = 32):
+    """Prepares decode weights and compiles lazily.
+
+    Args:
+      model_config: the model's config (its `dtype` is the compute and cache dtype).
+      params: `Transformer` parameters (unboxed tree).
+      tokenizer: `qmath_jax.data.tokenizer.Tokenizer`-like: encode, decode, pad_id, eos_ids.
+      mesh: optional mesh; rows are split over its ('data', 'fsdp') axes.
+      max_rows: most rows (prompts x n) decoded together; larger calls run in batches.
+      stop_check_interval: decode steps between host checks for stop strings.
+    """
+    if max_rows < 1 or stop_check_interval < 1:
+      raise ValueError(f"max_rows={max_rows} and stop_check_interval={stop_check_interval} "
+                       "must be >= 1")
+    weights.check_params(model_config, params)
+    self.cfg = model_config
+    self.tokenizer = tokenizer
+    self.mesh = mesh
+    self.max_rows = max_rows
+    self.stop_check_interval = stop_check_interval
+    self.eos_ids = tuple(int(t) for t in tokenizer.eos_ids)
+    self.pad_id = int(tokenizer.pad_id)
+    self.traces = {"prefill": 0, "decode": 0}  # how many times each function was compiled
+    self.last_stats: dict = {}
+    self._shards = 1 if mesh is None else mesh_lib.batch_shards(mesh)
+    self._start = jax.jit(self._start_fn, static_argnames=("n", "own_len"))
+    self._decode = jax.jit(self._decode_fn, static_argnames=("chunk",), donate_argnames=("state",))
+    self.update_params(params)
+
+  # -- parameters and placement -------------------------------------------------------------
+
+  def update_params(self, params) -> None:
+    """Replaces the weights (e.g. after an RL step); compiled functions are reused."""
+    weights.check_params(self.cfg, params)
+    prepared = weights.prepare_jit(self.cfg, params)
+    if self.mesh is not None:
+      prepared = jax.device_put(prepared, NamedSharding(self.mesh, PartitionSpec()))
+    self._weights = prepared
+
+  def _batch_sharded(self, x):
+    """Constrains dimension 0 of x to the batch axes (no-op without a mesh)."""
+    if self.mesh is None:
+      return x
+    spec = PartitionSpec(mesh_lib.BATCH_AXES)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+  def _put(self, x, batched: bool):
+    if self.mesh is None:
+      return jnp.asarray(x)
+    spec = PartitionSpec(mesh_lib.BATCH_AXES) if batched else PartitionSpec()
+    return jax.device_put(x, NamedSharding(self.mesh, spec))
+
+  # -- jitted pieces ----------------------------------------------------------------------------
+
+  def _start_fn(self, weights_, tokens, positions, segment_ids, prompt_lens, row_ids, active,
+                seed_key, temperature, top_k, top_p, eos_ids, *, n, own_len):
+    """Prefill, first token of each row, empty own cache. Returns (state, tokens, log-probs)."""
+    self.traces["prefill"] += 1
+    cfg = self.cfg
+    logits, prompt_cache = forward.prefill(cfg, weights_, tokens, positions, segment_ids)
+    prompt_cache = jax.tree.map(self._batch_sharded, prompt_cache)
+    row_keys = jax.vmap(lambda ids: jax.random.fold_in(
+        jax.random.fold_in(seed_key, ids[0]), ids[1]))(row_ids)
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, 0)
+    rows_logits = self._batch_sharded(jnp.repeat(logits, n, axis=0))
+    token, logprob = filters.sample(rows_logits, step_keys, temperature, top_k, top_p)
+    rows = token.shape[0]
+    shape = (rows, cfg.num_kv_heads, own_len, cfg.head_dim)
+    own_cache = [{"k": self._batch_sharded(jnp.zeros(shape, cfg.compute_dtype)),
+                  "v": self._batch_sharded(jnp.zeros(shape, cfg.compute_dtype))}
+                 for _ in range(cfg.num_layers)]
+    state = {
+        "prompt_cache": prompt_cache,
+        "prompt_valid": segment_ids != 0,
+        "own_cache": own_cache,
+        "token": token,
+        "position": jnp.repeat(prompt_lens, n),
+        "num": jnp.ones((), jnp.int32),
+        "done": ~active | _eos_hit(token, eos_ids),
+        "row_keys": row_keys,
+    }
+    return state, token, logprob
+
+  def _decode_fn(self, weights_, state, stopped, limit, temperature, top_k, top_p, eos_ids, *,
+                 chunk):
+    """Up to `chunk` decode steps (fewer when every row is done or `limit` tokens exist).
+
+    Returns:
+      (state, tokens `[rows, chunk]`, log-probs `[rows, chunk]`, steps taken, done `[rows]`).
+    """
+    self.traces["decode"] += 1
+    cfg = self.cfg
+    rows = state["token"].shape[0]
+    first = state["num"]
+    end = jnp.minimum(limit, first + chunk)
+
+    def cond(carry):
+      return (carry["num"] < end) & ~jnp.all(carry["done"])
+
+    def body(carry):
+      logits, own_cache = forward.decode_step(
+          cfg, weights_, state["prompt_cache"], state["prompt_valid"], carry["own_cache"],
+          carry["token"], carry["position"], carry["num"] - 1)
+      keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state["row_keys"], carry["num"])
+      token, logprob = filters.sample(logits, keys, temperature, top_k, top_p)
+      column = carry["num"] - first
+      return {
+          "own_cache": own_cache,
+          "token": token,
+          "position": carry["position"] + 1,
+          "num": carry["num"] + 1,
+          "done": carry["done"] | _eos_hit(token, eos_ids),
+          "tokens": jax.lax.dynamic_update_slice(carry["tokens"], token[:, None], (0, column)),
+          "logprobs": jax.lax.dynamic_update_slice(carry["logprobs"], logprob[:, None],
+                                                   (0, column)),
+      }
+
+    carry = {
+        "own_cache": state["own_cache"],
+        "token": state["token"],
+        "position": state["position"],
+        "num": state["num"],
+        "done": state["done"] | stopped,
+        "tokens": jnp.zeros((rows, chunk), jnp.int32),
+        "logprobs": jnp.zeros((rows, chunk), jnp.float32),
+    }
+    carry = jax.lax.while_loop(cond, body, carry)
+    state = {**state, **{k: carry[k] for k in ("own_cache", "token", "position", "num", "done")}}
+    return state, carry["tokens"], carry["logprobs"], carry["num"] - first, carry["done"]
+
+  # -- public API -------------------------------------------------------------------------------
+
+  def generate(self, prompts: Sequence[str], n: int = 1, *, temperature: float = 0.0,
+               top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 256,
+               stop: Sequence[str] = (), seed: int = 0) -> list[list[Completion]]:
+    """Returns, per prompt, `n` completions (see the module docstring)."""
+    if isinstance(prompts, str):
+      raise TypeError("prompts must be a sequence of strings, not one string")
+    prompt_ids = [self.tokenizer.encode(p) for p in prompts]
+    return self.generate_ids(prompt_ids, n, temperature=temperature, top_p=top_p, top_k=top_k,
+                             max_new_tokens=max_new_tokens, stop=stop, seed=seed)
+
+  def generate_ids(self, prompt_ids: Sequence[Sequence[int]], n: int = 1, *,
+                   temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                   max_new_tokens: int = 256, stop: Sequence[str] = (),
+                   seed: int = 0) -> list[list[Completion]]:
+    """`generate` for prompts given as token ids."""
+    stop = self._check_args(prompt_ids, n, temperature, top_p, top_k, max_new_tokens, stop)
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    per_batch = _floor_pow2(max(1, self.max_rows // n))
+    results: list[list[Completion] | None] = [None] * len(prompt_ids)
+    self.last_stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "rows": 0,
+                       "batches": 0}
+    for start in range(0, len(order), per_batch):
+      indices = order[start:start + per_batch]
+      batch = self._generate_batch(
+          [list(prompt_ids[i]) for i in indices], indices, n, temperature, top_p, top_k,
+          max_new_tokens, stop, seed)
+      for i, completions in zip(indices, batch):
+        results[i] = completions
+    return results
+
+  def _check_args(self, prompt_ids, n, temperature, top_p, top_k, max_new_tokens, stop):
+    if n < 1:
+      raise ValueError(f"n={n}: need at least one sample per prompt")
+    if not temperature >= 0:
+      raise ValueError(f"temperature={temperature}: must be >= 0 (0 is greedy)")
+    if not 0 < top_p <= 1:
+      raise ValueError(f"top_p={top_p}: must be in (0, 1]")
+    if top_k < 0:
+      raise ValueError(f"top_k={top_k}: must be >= 0 (0 keeps every token)")
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
+    if isinstance(stop, str):
+      stop = [stop]
+    stop = list(stop)
+    for s in stop:
+      if not isinstance(s, str) or not s:
+        raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+    limit = self.cfg.max_position_embeddings
+    for i, ids in enumerate(prompt_ids):
+      if not len(ids):
+        raise ValueError(f"prompt {i} is empty: a prompt needs at least one token")
+      if len(ids) + max_new_tokens > limit:
+        raise ValueError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens="
+                         f"{max_new_tokens} it exceeds max_position_embeddings={limit}")
+      bad = [t for t in ids if not 0 <= int(t) < self.cfg.vocab_size]
+      if bad:
+        raise ValueError(f"prompt {i} holds token id {bad[0]} outside the vocabulary "
+                         f"[0, {self.cfg.vocab_size})")
+    return stop
+
+  def _generate_batch(self, prompts, prompt_indices, n, temperature, top_p, top_k,
+                      max_new_tokens, stop, seed) -> list[list[Completion]]:
+    """One batch of prompts (already validated); returns their completions in order."""
+    count = len(prompts)
+    groups = _floor_pow2(count)
+    groups = groups if groups == count else groups * 2
+    groups = -(-groups // self._shards) * self._shards
+    length = bucket(max(len(p) for p in prompts))
+    own_len = bucket(max_new_tokens)
+    rows = groups * n
+
+    tokens = np.full((groups, length), self.pad_id, np.int32)
+    segment_ids = np.zeros((groups, length), np.int32)
+    positions = np.zeros((groups, length), np.int32)
+    prompt_lens = np.ones((groups,), np.int32)
+    prompt_index = np.zeros((groups,), np.int32)
+    for g in range(groups):
+      ids = prompts[g] if g < count else [self.pad_id]  # filler groups: one token, never used
+      tokens[g, length - len(ids):] = ids
+      segment_ids[g, length - len(ids):] = 1
+      positions[g, length - len(ids):] = np.arange(len(ids))
+      prompt_lens[g] = len(ids)
+      prompt_index[g] = prompt_indices[g] if g < count else 0
+    row_ids = np.stack([np.repeat(prompt_index, n), np.tile(np.arange(n, dtype=np.int32), groups)],
+                       axis=1).astype(np.int32)
+    active = np.arange(rows) < count * n
+
+    knobs = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p),
+             jnp.asarray(self.eos_ids, jnp.int32))
+    clock = time.perf_counter()
+    state, token, logprob = self._start(
+        self._weights, self._put(tokens, True), self._put(positions, True),
+        self._put(segment_ids, True), self._put(prompt_lens, True), self._put(row_ids, True),
+        self._put(active, True), jax.random.key(seed), *knobs, n=n, own_len=own_len)
+    ids = [[t] for t in np.asarray(token).tolist()]
+    logprobs = [[x] for x in np.asarray(logprob, np.float32).tolist()]
+    done = ~active | np.isin(np.asarray(token), self.eos_ids)
+    prefill_s = time.perf_counter() - clock
+
+    stopped = np.zeros(rows, bool)
+    checked = [0] * rows
+    decode_text = self.tokenizer.decode
+
+    def check_stops():
+      for r in np.flatnonzero(~done & ~stopped):
+        if stops.first_stop(decode_text, ids[r], stop, checked[r]) is None:
+          checked[r] = len(ids[r])
+        else:
+          stopped[r] = True
+
+    if stop:
+      check_stops()
+    chunk = min(self.stop_check_interval, own_len) if stop else own_len
+    num = 1
+    clock = time.perf_counter()
+    while num < max_new_tokens and not np.all(done | stopped):
+      state, new_tokens, new_logprobs, steps, done_now = self._decode(
+          self._weights, state, self._put(stopped, True), jnp.int32(max_new_tokens), *knobs,
+          chunk=chunk)
+      steps = int(steps)
+      new_tokens = np.asarray(new_tokens)[:, :steps].tolist()
+      new_logprobs = np.asarray(new_logprobs, np.float32)[:, :steps].tolist()
+      for r in range(rows):
+        ids[r].extend(new_tokens[r])
+        logprobs[r].extend(new_logprobs[r])
+      done = np.asarray(done_now) | done
+      num += steps
+      if stop:
+        check_stops()
+    decode_s = time.perf_counter() - clock
+    del state
+
+    self.last_stats["prefill_s"] += prefill_s
+    self.last_stats["decode_s"] += decode_s
+    self.last_stats["decode_steps"] += num - 1
+    self.last_stats["rows"] += rows
+    self.last_stats["batches"] += 1
+    out = []
+    for g in range(count):
+      out.append([stops.completion(decode_text, ids[r], logprobs[r], self.eos_ids, stop,
+                                   max_new_tokens) for r in range(g * n, g * n + n)])
+    return out

@@ -1,0 +1,67 @@
+"""A table tokenizer for tests and benchmarks of the sampler on tiny random models.
+
+Every id decodes to a fixed string from a table, so a test knows exactly which characters each
+token adds: stop strings that span tokens ("``" + "`\\n" completing "```") can be built on
+purpose. Ids 0, 1, 2 are the ChatML special tokens, as in the byte-level BPE trained by
+`qmath_jax.data.tokenizer.train_byte_level_bpe`.
+"""
+
+from collections.abc import Sequence
+
+from qmath_jax.data import chat
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 `\n{}()=+-*/.,"
+
+
+def default_table(vocab_size: int) -> list[str]:
+  """Specials, then single characters, then two-character pieces, until `vocab_size` entries."""
+  table = [chat.ENDOFTEXT, chat.IM_START, chat.IM_END] + list(_ALPHABET)
+  pairs = (a + b for a in _ALPHABET for b in _ALPHABET)
+  while len(table) < vocab_size:
+    table.append(next(pairs))
+  return table[:vocab_size]
+
+
+class TableTokenizer:
+  """encode/decode over a fixed id -> string table (greedy longest match when encoding)."""
+
+  def __init__(self, table: Sequence[str], eos_ids: Sequence[int] | None = None):
+    self.table = list(table)
+    if len(set(self.table)) != len(self.table):
+      raise ValueError("tokenizer table holds duplicate strings")
+    self._ids = {s: i for i, s in enumerate(self.table)}
+    self._longest = max(len(s) for s in self.table)
+    self._eos = (tuple(eos_ids) if eos_ids is not None
+                 else (self._ids[chat.IM_END], self._ids[chat.ENDOFTEXT]))
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.table)
+
+  @property
+  def pad_id(self) -> int:
+    return self._ids[chat.ENDOFTEXT]
+
+  @property
+  def eos_ids(self) -> tuple[int, ...]:
+    return self._eos
+
+  def token_to_id(self, token: str) -> int:
+    if token not in self._ids:
+      raise KeyError(f"token {token!r} is not in the table")
+    return self._ids[token]
+
+  def encode(self, text: str) -> list[int]:
+    ids, i = [], 0
+    while i < len(text):
+      for size in range(min(self._longest, len(text) - i), 0, -1):
+        if text[i:i + size] in self._ids:
+          ids.append(self._ids[text[i:i + size]])
+          i += size
+          break
+      else:
+        raise ValueError(f"character {text[i]!r} at offset {i} is not in the tokenizer table")
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return "".join(self.table[i] for i in ids)
