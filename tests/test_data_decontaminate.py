@@ -1,6 +1,9 @@
 """Decontamination: planted near-duplicates of benchmark problems are removed, clean rows kept."""
 
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -145,3 +148,31 @@ def test_cli_on_real_training_split(data_dir, tmp_path):
   kept = sources.load_jsonl_problems(tmp_path / "clean.jsonl")
   removed = (tmp_path / "removed.jsonl").read_text().splitlines()
   assert len(kept) + len(removed) == 7473 and 0 < len(removed) < 500
+
+
+def test_knobs_turn_off_solution_and_short_question_tests():
+  bench = [sources.Problem(id="b/0", dataset="b", answer="5",
+                           question="What is the greatest common factor of 84 and 112 today?",
+                           solution="Both are multiples of 28 so the greatest common factor of "
+                                    "the two numbers is 28 in the end.")]
+  near = "What is the greatest common factor of 90 and 120 today?"
+  copied = "Both are multiples of 28 so the greatest common factor of the two numbers is 28."
+  default = decontaminate.Decontaminator(bench)
+  assert default.match(near).reason == "lcs"
+  assert default.match("Unrelated?", copied).reason == "13-gram in solution"
+  relaxed = decontaminate.Decontaminator(bench, check_solutions=False, lcs_min_words=15)
+  assert relaxed.match(near) is None
+  assert relaxed.match("Unrelated?", copied) is None
+
+
+def test_same_result_under_any_string_hash_seed(tmp_path):
+  script = (
+      "from qmath_jax.data import decontaminate, sources, synthetic\n"
+      "bench = synthetic.generate(40, seed=1, split='test')\n"
+      "_, report = decontaminate.Decontaminator(bench, max_candidates=2).filter(\n"
+      "    synthetic.generate(60, seed=1))\n"
+      "print([(r.row_id, r.reason, r.benchmark_id) for r in report.removed])\n")
+  outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+             for seed in ("1", "2", "3")}
+  assert len(outputs) == 1 and "synthetic/train" in outputs.pop()

@@ -115,8 +115,25 @@ class Decontaminator:
 
   def __init__(self, benchmark: Iterable[sources.Problem], *, n: int = NGRAM,
                lcs_threshold: float = LCS_THRESHOLD, min_short_words: int = 8,
-               max_candidates: int = 5, max_trigram_df: int = 200):
+               max_candidates: int = 5, max_trigram_df: int = 200,
+               check_solutions: bool = True, lcs_min_words: int = 0):
+    """Indexes ``benchmark``.
+
+    Args:
+      benchmark: problems (with solutions) nothing may be trained on.
+      n: n-gram length of the overlap test (SPEC: 13).
+      lcs_threshold: LCS ratio above which a question is removed (SPEC: 0.6).
+      min_short_words: benchmark texts with fewer than ``n`` but at least this many words
+        count whole in the overlap test.
+      max_candidates: benchmark problems (most shared trigrams) the LCS ratio is computed for.
+      max_trigram_df: trigrams in more benchmark problems than this pick no candidates.
+      check_solutions: also test training solutions for n-gram overlap (SPEC: yes).
+      lcs_min_words: skip the LCS test for questions shorter than this (default: none skipped;
+        short templated questions reach 0.6 easily, see BENCHMARKS.md).
+    """
     self.n = n
+    self.check_solutions = check_solutions
+    self.lcs_min_words = lcs_min_words
     self.lcs_threshold = lcs_threshold
     self.min_short_words = min_short_words
     self.max_candidates = max_candidates
@@ -133,7 +150,7 @@ class Decontaminator:
       self._problem_words.append(question)
       for text in (question, words(problem.solution)):
         self._add_ngrams(text, index)
-      for key in set(_ngram_hashes(question, 3)):
+      for key in dict.fromkeys(_ngram_hashes(question, 3)):
         trigram_items[key].append(index)
     # Trigrams common to many benchmark problems ("what is the") do not pick candidates.
     self._trigrams = {k: v for k, v in trigram_items.items() if len(v) <= max_trigram_df}
@@ -151,12 +168,17 @@ class Decontaminator:
   def match(self, question: str, solution: str = "") -> Removal | None:
     """The first reason to remove a row with this question and solution, or None."""
     question_words = words(question)
-    for part, text in (("question", question_words), ("solution", words(solution))):
+    parts = [("question", question_words)]
+    if self.check_solutions:
+      parts.append(("solution", words(solution)))
+    for part, text in parts:
       hit = self._ngram_hit(text)
       if hit is not None:
         index, gram = hit
         return Removal("", f"{self.n}-gram in {part}", self._ids[index], self._datasets[index],
                        gram)
+    if len(question_words) < self.lcs_min_words:
+      return None
     best_ratio, best_index = 0.0, -1
     for index in self._candidates(question_words):
       ratio = lcs_ratio(question_words, self._problem_words[index])
@@ -180,7 +202,7 @@ class Decontaminator:
 
   def _candidates(self, question_words: list[str]) -> list[int]:
     shared = collections.Counter()
-    for key in set(_ngram_hashes(question_words, 3)):
+    for key in dict.fromkeys(_ngram_hashes(question_words, 3)):  # first-seen order
       for index in self._trigrams.get(key, ()):
         shared[index] += 1
     return [index for index, _ in shared.most_common(self.max_candidates)]
