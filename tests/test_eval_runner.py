@@ -198,3 +198,10 @@ def test_every_dataset_slice_end_to_end(data_dir, tmp_path, prompt_type):
   assert all(p.startswith(f"<|im_start|>system\n{system}<|im_end|>")
              for c in sampler.calls for p in c["prompts"])
   assert (tmp_path / report.SCORES_PNG).stat().st_size > 1000
+
+
+def test_config_from_mapping():
+  config = runner.EvalConfig.from_mapping({"datasets": ["math"], "n": 8, "temperature": 0.7})
+  assert config.datasets == ("math",) and config.n == 8 and config.top_p == 1.0
+  with pytest.raises(ValueError, match="unknown eval settings \\['tempreature'\\]"):
+    runner.EvalConfig.from_mapping({"tempreature": 0.7})

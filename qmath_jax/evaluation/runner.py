@@ -47,6 +47,19 @@ class EvalConfig:
   grade_timeout: float = 3.0
   data_dir: str | None = None
 
+  @classmethod
+  def from_mapping(cls, values) -> "EvalConfig":
+    """From a dict or ConfigDict (e.g. `config.eval`); unknown keys are an error."""
+    values = dict(values)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown eval settings {unknown}; known: {sorted(known)}")
+    for key in ("datasets", "stop", "pass_k"):
+      if key in values:
+        values[key] = tuple(values[key])
+    return cls(**values)
+
   def fingerprint(self) -> dict:
     """The settings a cached sample depends on (resuming with others is an error)."""
     return {"prompt_type": self.prompt_type, "n": self.n, "temperature": self.temperature,

@@ -29,6 +29,7 @@ class SympyWorker:
   def __init__(self):
     self.proc = None
     self.buffer = b""
+    self.owner_pid = os.getpid()   # only the process that started a child may stop it
 
   def _start(self) -> None:
     self.proc = subprocess.Popen(
@@ -110,7 +111,7 @@ def worker() -> SympyWorker:
 @atexit.register
 def _close_all() -> None:
   for w in _all_workers:
-    if w.proc is not None and w.proc.pid and os.getpid() != w.proc.pid:
+    if w.proc is not None and w.owner_pid == os.getpid():
       w.close()
 
 
