@@ -134,7 +134,7 @@ def test_timeout_works_in_threads():
 
 
 def test_timeout_works_in_worker_processes():
-  ctx = multiprocessing.get_context("fork")
+  ctx = multiprocessing.get_context("spawn")   # as reward workers usually start
   with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
     verdict, elapsed = pool.submit(_timed_check).result(timeout=60)
   assert verdict is False

@@ -248,7 +248,7 @@ def _equal(pred: str, gold: str, deadline: float, depth: int = 0) -> bool:
     if (pb[0], pb[2]) != (gb[0], gb[2]):
       return False
     return _match_ordered(p_items, g_items, deadline, depth)
-  if pb and gb and (pb[0], pb[2]) == (gb[0], gb[2]) and (pb[0] != "(" or depth == 0):
+  if pb and gb and (pb[0], pb[2]) == (gb[0], gb[2]):
     return _equal(pb[1], gb[1], deadline, depth + 1)
   # Relations other than '=' compare as strings only (done above).
   if _RELATIONS.search(pred) or _RELATIONS.search(gold):
