@@ -17,6 +17,7 @@ setuptools.setup(
         "sentencepiece>=0.2",
         "tensorflow-datasets>=4.9.8",
         "array-record>=0.8",
+        "importlib_resources>=6",  # tensorflow-datasets builds without tensorflow need it
         "sympy>=1.13",
         "ml-collections>=1.0",
         "absl-py>=2.1",
