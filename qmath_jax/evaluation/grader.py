@@ -40,10 +40,8 @@ _LETTERS = re.compile(r"^[A-E]+$")
 _MATRIX = re.compile(r"\\begin\{(?:pmatrix|bmatrix|Bmatrix|vmatrix|matrix|array)\}(?:\{[^}]*\})?"
                      r"(.*?)\\end\{(?:pmatrix|bmatrix|Bmatrix|vmatrix|matrix|array)\}", re.DOTALL)
 _RELATIONS = re.compile(r"<|>|\\le(?![a-z])|\\ge(?![a-z])|\\ne(?![a-z])|\\approx")
-_OPEN = {"(": ")", "[": "]", "\\{": "\\}"}
 _ALIASES = {"\\varnothing": "\\emptyset", "{}": "\\emptyset", "\\{\\}": "\\emptyset",
-            "infinity": "\\infty", "+\\infty": "\\infty", "oo": "\\infty",
-            "true": "yes", "false": "no"}
+            "infinity": "\\infty", "+\\infty": "\\infty", "oo": "\\infty"}
 
 
 def plain_number(s: str) -> Fraction | None:
@@ -130,7 +128,7 @@ def _expand_pm(items: list[str]) -> list[str]:
 
 
 def _matrix_cells(s: str) -> list[list[str]] | None:
-  m = _MATRIX.search(s)
+  m = _MATRIX.fullmatch(s.strip())   # a matrix times anything else is not just a matrix
   if not m:
     return None
   rows = [r for r in (row.strip() for row in m.group(1).split("\\\\")) if r]
@@ -216,9 +214,8 @@ def _equal(pred: str, gold: str, deadline: float, depth: int = 0) -> bool:
     return False
   # Multiple choice.
   if _LETTERS.match(gold.replace(" ", "")):
-    letters = pred.replace(" ", "").replace(",", "")
-    return bool(_LETTERS.match(letters)) and sorted(set(letters)) == sorted(set(gold.replace(
-        " ", "")))
+    letters = re.sub(r"[\s,().:]", "", pred)
+    return bool(_LETTERS.match(letters)) and set(letters) == set(gold.replace(" ", ""))
   # Plain numbers.
   pn, gn = plain_number(pred), plain_number(gold)
   if pn is not None and gn is not None:
