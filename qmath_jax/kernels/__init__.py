@@ -5,3 +5,4 @@ from qmath_jax.kernels.flash import flash_attention
 from qmath_jax.kernels.flash import resolve_backend
 from qmath_jax.kernels.gpu import LaunchSettings
 from qmath_jax.kernels.reference import reference_attention
+from qmath_jax.kernels.sharded import sharded_flash_attention
