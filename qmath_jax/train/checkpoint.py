@@ -164,6 +164,15 @@ class Checkpointer:
     state = _data_to_keys(abstract_state, restored[STATE])
     return state, (restored[DATA] if data_iterator is not None else None), restored[META]
 
+  def read_meta(self, step: int | None = None) -> dict:
+    """The `meta` JSON of `step` (default: the latest), without reading any array."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        **{META: ocp.args.JsonRestore()}))
+    return dict(restored[META])
+
   def wait(self):
     """Blocks until the background write (if any) is on disk."""
     self._manager.wait_until_finished()

@@ -66,6 +66,8 @@ class TrainParts:
     put_batch: host-local numpy batch -> global device batch on `mesh`.
     flops_per_token: model training FLOPs per token (forward + backward), for TFLOP/s; 0 skips.
     eval_hooks: periodic evaluations.
+    abstract_state: ShapeDtypeStructs of the state (the restore target's shapes); default
+      `jax.eval_shape(init_state)` (give it when `init_state` reads files, e.g. HF weights).
   """
   mesh: jax.sharding.Mesh
   init_state: Callable[[], Any]
@@ -75,6 +77,7 @@ class TrainParts:
   put_batch: Callable[[Mapping[str, np.ndarray]], Any]
   flops_per_token: float = 0.0
   eval_hooks: Sequence[EvalHook] = ()
+  abstract_state: Any = None
 
 
 @dataclasses.dataclass
@@ -144,10 +147,12 @@ def _batch_tokens(batch: Mapping[str, np.ndarray]) -> int:
   return int(np.asarray(first).size)
 
 
-def _check_finite(step: int, loss: float):
-  if not math.isfinite(loss):
+def _check_finite(step: int, loss: float, step_finite: bool = True):
+  """Raises NonFiniteLossError for a NaN/inf loss, or a step that flagged its gradient."""
+  if not math.isfinite(loss) or not step_finite:
+    what = f"loss is {loss}" if not math.isfinite(loss) else "gradient is not finite"
     raise NonFiniteLossError(
-        f"loss is {loss} at step {step}; stopping without saving this state (the last "
+        f"{what} at step {step}; stopping without saving this state (the last "
         "checkpoint on disk is the last good one). Lower the learning rate or check the data.")
 
 
@@ -193,8 +198,10 @@ def _run(parts, options, checkpointer, writer, meta) -> Outcome:
   data_iter = parts.make_train_iter()
   step = checkpointer.latest_step()
   if step is not None:
-    abstract = checkpoint_lib.abstract_with_shardings(
-        jax.eval_shape(parts.init_state), parts.state_shardings)
+    abstract = parts.abstract_state
+    if abstract is None:
+      abstract = jax.eval_shape(parts.init_state)
+    abstract = checkpoint_lib.abstract_with_shardings(abstract, parts.state_shardings)
     state, data_iter, _ = checkpointer.restore(step, abstract, data_iter)
     logging.info("resumed from step %d in %s", step, checkpointer.directory)
   else:
@@ -219,7 +226,7 @@ def _run(parts, options, checkpointer, writer, meta) -> Outcome:
     nonlocal window_start, window_tokens, window_steps
     rows = jax.device_get([m for _, m in pending])
     for (s, _), row in zip(pending, rows):
-      _check_finite(s, float(row["loss"]))
+      _check_finite(s, float(row["loss"]), bool(row.get("finite", True)))
     for (s, _), row in zip(pending, rows):
       if s % options.log_every and not (final and s == now_step):
         continue

@@ -1,0 +1,13 @@
+"""SFT round 2: `configs/sft.py` with round=2 (pass model=... as for sft.py)."""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "qmath_configs_sft", os.path.join(os.path.dirname(__file__), "sft.py"))
+sft = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sft)
+
+
+def get_config(arg=None):
+  return sft.get_config(",".join(filter(None, [arg, "round=2"])))

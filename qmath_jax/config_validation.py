@@ -1,0 +1,240 @@
+"""Checks a run config before any compute: field types, ranges, stages and input paths.
+
+`validate(config, stages)` raises `ConfigError` listing every problem, each naming the field
+(`config.optim.lr: expected a number, got 'fast'`), so a mistyped value or a missing input
+checkpoint fails in a second instead of after a model has been built.
+"""
+
+from collections.abc import Collection
+import numbers
+import os
+
+import ml_collections
+
+from qmath_jax.model import presets
+from qmath_jax.parallel import mesh as mesh_lib
+from qmath_jax.train import optimizer as optimizer_lib
+
+TRAIN_STAGES = ("pretrain", "sft")
+SYNTHETIC = "synthetic"
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+  """The config cannot run; the message lists each bad field."""
+
+
+def _is_int(v):
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v):
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+class _Checker:
+  """Collects problems of one config (or sub-config) under a field-name prefix."""
+
+  def __init__(self, config, prefix="config"):
+    self.config = config
+    self.prefix = prefix
+    self.problems = []
+
+  def get(self, path):
+    """The value at dotted `path`; a missing field is a problem and reads as None."""
+    value = self._lookup(path)
+    if value is _MISSING:
+      self.fail(path, "missing")
+      return None
+    return value
+
+  def _lookup(self, path):
+    node = self.config
+    for part in path.split("."):
+      if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+        return _MISSING
+      node = node[part]
+    return node
+
+  def fail(self, path, message):
+    self.problems.append(f"{self.prefix}.{path}: {message}")
+
+  def int(self, path, minimum=None):
+    v = self.get(path)
+    if v is None and not self._missing(path):
+      self.fail(path, "expected an integer, got None")
+    elif v is not None and not _is_int(v):
+      self.fail(path, f"expected an integer, got {v!r} ({type(v).__name__})")
+    elif v is not None and minimum is not None and v < minimum:
+      self.fail(path, f"expected an integer >= {minimum}, got {v}")
+    return v if _is_int(v) else None
+
+  def number(self, path, minimum=None, positive=False):
+    v = self.get(path)
+    if v is None and not self._missing(path):
+      self.fail(path, "expected a number, got None")
+    elif v is not None and not _is_number(v):
+      self.fail(path, f"expected a number, got {v!r} ({type(v).__name__})")
+    elif v is not None and positive and not v > 0:
+      self.fail(path, f"expected a number > 0, got {v}")
+    elif v is not None and minimum is not None and v < minimum:
+      self.fail(path, f"expected a number >= {minimum}, got {v}")
+    return v if _is_number(v) else None
+
+  def string(self, path, choices=None):
+    v = self.get(path)
+    if v is None and not self._missing(path):
+      self.fail(path, "expected a string, got None")
+    elif v is not None and not isinstance(v, str):
+      self.fail(path, f"expected a string, got {v!r} ({type(v).__name__})")
+    elif v is not None and choices is not None and v not in choices:
+      self.fail(path, f"expected one of {sorted(choices)}, got {v!r}")
+    return v if isinstance(v, str) else None
+
+  def boolean(self, path):
+    v = self.get(path)
+    if v is not None and not isinstance(v, bool):
+      self.fail(path, f"expected true or false, got {v!r} ({type(v).__name__})")
+    return v
+
+  def _missing(self, path):
+    return self._lookup(path) is _MISSING
+
+
+def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipeline_stages=()):
+  """Fields of a pretrain / sft stage."""
+  c.int("seed", minimum=0)
+  preset = c.string("model.preset", choices=presets.names())
+  for field in ("dtype", "param_dtype"):
+    c.string(f"model.{field}", choices=("float32", "bfloat16", "float16"))
+  c.string("model.attention", choices=("xla", "pallas", "cudnn"))
+  c.string("model.remat_policy")
+
+  shape = c.get("mesh.shape")
+  mesh_shape = None
+  if shape is not None:
+    if not isinstance(shape, (tuple, list)) or len(shape) != 3 or not all(map(_is_int, shape)):
+      c.fail("mesh.shape", f"expected 3 integers (data, fsdp, tensor), got {shape!r}")
+    else:
+      try:
+        mesh_shape = mesh_lib.resolve_mesh_shape(shape, num_devices)
+      except ValueError as e:
+        c.fail("mesh.shape", str(e))
+
+  c.int("data.seq_len", minimum=2)
+  batch = c.int("data.batch_size", minimum=1)
+  c.int("data.num_epochs", minimum=0)
+  c.int("data.num_packing_bins", minimum=0)
+  micro = c.int("optim.num_microbatches", minimum=1)
+  if mesh_shape and batch and micro:
+    shards = mesh_shape[0] * mesh_shape[1]
+    if batch % (shards * micro):
+      c.fail("data.batch_size", f"{batch} rows do not split into {micro} microbatch(es) over "
+             f"data x fsdp = {shards} device groups")
+  source = c.string("data.source")
+  if source is not None:
+    if not source:
+      c.fail("data.source", f"expected {SYNTHETIC!r} or a jsonl path, got ''")
+    elif source != SYNTHETIC and not os.path.isfile(source):
+      c.fail("data.source", f"file {source!r} does not exist")
+    elif source == SYNTHETIC:
+      c.int("data.num_examples", minimum=1)
+  eval_source = c.string("data.eval_source")
+  if eval_source and eval_source != SYNTHETIC and not os.path.isfile(eval_source):
+    c.fail("data.eval_source", f"file {eval_source!r} does not exist")
+  if eval_source == SYNTHETIC:
+    c.int("data.num_eval_examples", minimum=1)
+
+  c.number("optim.lr", positive=True)
+  c.number("optim.end_lr", minimum=0)
+  c.int("optim.warmup_steps", minimum=0)
+  c.string("optim.decay", choices=optimizer_lib.DECAY_SHAPES)
+  c.number("optim.weight_decay", minimum=0)
+  c.number("optim.b1", minimum=0)
+  c.number("optim.b2", minimum=0)
+  c.number("optim.clip_norm", minimum=0)
+  c.number("optim.z_loss", minimum=0)
+
+  c.int("train.total_steps", minimum=1)
+  c.int("train.log_every", minimum=1)
+  c.int("train.eval_every", minimum=0)
+  c.int("train.eval_batches", minimum=1)
+  c.int("checkpoint.every", minimum=1)
+  c.int("checkpoint.keep_last", minimum=1)
+  c.int("checkpoint.keep_best", minimum=1)
+  c.string("checkpoint.best_metric")
+  c.string("checkpoint.best_mode", choices=("min", "max"))
+  c.boolean("checkpoint.async_save")
+
+  tok_path = c.string("tokenizer.path")
+  vocab = c.int("tokenizer.train_vocab_size", minimum=0)
+  if tok_path:
+    if not os.path.exists(tok_path):
+      c.fail("tokenizer.path", f"{tok_path!r} does not exist")
+  elif not in_pipeline and vocab == 0:
+    c.fail("tokenizer.path", "give a tokenizer path, or tokenizer.train_vocab_size > 0 to "
+           "train a sentencepiece model")
+  model_vocab = c.int("model.vocab_size", minimum=0)
+  if preset and vocab:
+    model_vocab = model_vocab or presets.get_config(preset).vocab_size
+    if vocab > model_vocab:
+      c.fail("tokenizer.train_vocab_size",
+             f"{vocab} exceeds the model's vocab_size {model_vocab} (preset {preset!r})")
+
+  inits = {k: c.string(f"init.{k}") for k in ("checkpoint", "params_dir", "hf_dir")}
+  given = [k for k, v in inits.items() if v]
+  if len(given) > 1:
+    c.fail("init", f"give at most one of init.checkpoint, init.params_dir, init.hf_dir; got "
+           f"{', '.join('init.' + k for k in given)}")
+  ckpt = inits.get("checkpoint")
+  if ckpt and not (in_pipeline and ckpt in pipeline_stages):
+    directory = os.path.join(ckpt, "checkpoints")
+    if not os.path.isdir(directory) or not any(n.isdigit() for n in os.listdir(directory)):
+      c.fail("init.checkpoint", f"no checkpoint in {directory!r} (expected another run's "
+             "workdir)")
+  if inits.get("params_dir") and not os.path.isfile(
+      os.path.join(inits["params_dir"], "model_config.json")):
+    c.fail("init.params_dir", f"{inits['params_dir']!r} is not a params checkpoint (no "
+           "model_config.json)")
+  if inits.get("hf_dir") and not os.path.isfile(os.path.join(inits["hf_dir"], "config.json")):
+    c.fail("init.hf_dir", f"{inits['hf_dir']!r} is not a Hugging Face checkpoint (no "
+           "config.json)")
+
+
+def validate(config, stages: Collection[str], num_devices: int) -> None:
+  """Raises ConfigError naming every bad field of `config`.
+
+  Args:
+    config: the run's ConfigDict.
+    stages: registered stage names (the entry point's dispatch table).
+    num_devices: devices the mesh must cover (`jax.device_count()`).
+  """
+  c = _Checker(config)
+  stage = c.string("stage")
+  if stage is not None and stage not in stages:
+    c.fail("stage", f"unknown stage {stage!r}; known stages: {', '.join(sorted(stages))}")
+  elif stage in TRAIN_STAGES:
+    _check_train_stage(c, num_devices, in_pipeline=False)
+  elif stage == "pipeline":
+    names = c.get("stages")
+    if names is not None and (not isinstance(names, (tuple, list)) or not names or
+                              not all(isinstance(n, str) for n in names)):
+      c.fail("stages", f"expected a non-empty list of stage names, got {names!r}")
+      names = None
+    c.string("tokenizer.path")
+    c.int("tokenizer.train_vocab_size", minimum=0)
+    for i, name in enumerate(names or ()):
+      sub = c.get(name)
+      if sub is None:
+        continue
+      sub_stage = sub.get("stage") if isinstance(sub, ml_collections.ConfigDict) else None
+      if sub_stage not in TRAIN_STAGES:
+        c.fail(f"{name}.stage", f"pipeline stages must be one of {TRAIN_STAGES}, got "
+               f"{sub_stage!r}")
+        continue
+      sub_checker = _Checker(sub, f"config.{name}")
+      _check_train_stage(sub_checker, num_devices, in_pipeline=True,
+                         pipeline_stages=tuple(names[:i]))
+      c.problems.extend(sub_checker.problems)
+  if c.problems:
+    raise ConfigError("bad config:\n  " + "\n  ".join(c.problems))

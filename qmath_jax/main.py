@@ -1,0 +1,355 @@
+r"""The one entry point: `python -m qmath_jax.main --config=configs/<round>.py --workdir=DIR`.
+
+    python -m qmath_jax.main --config=configs/demo.py --workdir=/tmp/qmath_demo
+    python -m qmath_jax.main --config=configs/sft.py:model=qwen2.5-math-7b --workdir=gs://... \
+        --config.optim.lr=1e-5 --config.init.hf_dir=/ckpt/Qwen2.5-Math-7B
+
+`config.stage` picks the runner from `STAGES` (pretrain, sft, pipeline; later rounds join with
+`register_stage`). The config is checked before any compute (`config_validation`); a run
+resumes from `<workdir>/checkpoints` when it has one; SIGTERM/SIGINT save and exit 0.
+
+A train stage is built in big_vision's order: config -> mesh -> tokenizer and data -> sharded
+init -> jitted step -> eval hooks -> `loop.train` (checkpoint/resume and the loop).
+"""
+
+from collections.abc import Callable
+import dataclasses
+import functools
+import json
+import logging as py_logging
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+
+from qmath_jax import config_validation
+from qmath_jax.data import chat
+from qmath_jax.data import pipelines
+from qmath_jax.data import records
+from qmath_jax.data import synthetic
+from qmath_jax.data import tokenizer as tokenizer_lib
+from qmath_jax.model import config as model_config
+from qmath_jax.model import presets
+from qmath_jax.model import transformer
+from qmath_jax.parallel import batch as batch_lib
+from qmath_jax.parallel import distributed
+from qmath_jax.parallel import mesh as mesh_lib
+from qmath_jax.parallel import rules as rules_lib
+from qmath_jax.train import checkpoint as checkpoint_lib
+from qmath_jax.train import flops as flops_lib
+from qmath_jax.train import loop
+from qmath_jax.train import losses
+from qmath_jax.train import optimizer as optimizer_lib
+from qmath_jax.train import state as state_lib
+from qmath_jax.train import step as step_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Round config file (`path.py` or `path.py:arg`).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, outputs.")
+
+# stage name -> runner(config, workdir) -> summary dict.
+STAGES: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {}
+TOKENIZER_FILE = "tokenizer.model"
+MODEL_META = "model"
+
+
+def register_stage(name: str):
+  """Decorator: makes `runner(config, workdir)` the stage `name` of the entry point."""
+
+  def decorate(runner):
+    if name in STAGES:
+      raise ValueError(f"stage {name!r} is already registered")
+    STAGES[name] = runner
+    return runner
+
+  return decorate
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def _stage_texts(config) -> list[str]:
+  """Text a tokenizer for this stage is trained on: its documents or rendered conversations."""
+  if config.stage == "pretrain":
+    return _pretrain_texts(config.data.source, config.data.num_examples, config.seed)
+  return [chat.render(c["messages"])
+          for c in _conversations(config.data.source, config.data.num_examples, config.seed)]
+
+
+def _tokenizer(config, workdir: str):
+  """Loads `tokenizer.path`, or trains (once) a sentencepiece model into the workdir."""
+  if config.tokenizer.path:
+    return tokenizer_lib.load_tokenizer(config.tokenizer.path)
+  path = os.path.join(workdir, TOKENIZER_FILE)
+  if not os.path.exists(path):
+    tokenizer_lib.train_sentencepiece(_stage_texts(config), config.tokenizer.train_vocab_size,
+                                      path)
+  return tokenizer_lib.load_tokenizer(path)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _pretrain_texts(source: str, num_examples: int, seed: int, split: str = "train"):
+  if source == config_validation.SYNTHETIC:
+    if split == "train":
+      return synthetic.corpus(num_examples, seed=seed)
+    return [f"Question: {p.question}\nAnswer: {p.solution}"
+            for p in synthetic.generate(num_examples, seed=seed, split=split)]
+  bad_rows = records.BadRows()
+  texts = []
+  for line_no, row in records.read_jsonl(source, bad_rows):
+    if isinstance(row.get("text"), str):
+      texts.append(row["text"])
+    else:
+      bad_rows.add("missing field", f"{source}:{line_no}", "field 'text' (a string)")
+  _report_bad_rows(source, bad_rows)
+  return texts
+
+
+def _conversations(source: str, num_examples: int, seed: int, split: str = "train"):
+  if source == config_validation.SYNTHETIC:
+    return pipelines.sft_conversations(synthetic.generate(num_examples, seed=seed, split=split))
+  bad_rows = records.BadRows()
+  examples = pipelines.load_conversations(source, bad_rows)
+  _report_bad_rows(source, bad_rows)
+  return examples
+
+
+def _report_bad_rows(source, bad_rows):
+  for reason, count in bad_rows.counts.items():
+    logging.warning("%s: skipped %d rows (%s), e.g. %s", source, count, reason,
+                    bad_rows.examples[reason][0])
+
+
+def _pipeline(config, tokenizer, source, num_examples, *, split, per_host_batch, epochs, shuffle):
+  cfg = pipelines.PipelineConfig(
+      batch_size=per_host_batch, seq_len=config.data.seq_len, seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      num_epochs=epochs, shuffle=shuffle,
+      num_packing_bins=config.data.num_packing_bins or None)
+  if config.stage == "pretrain":
+    texts = _pretrain_texts(source, num_examples, config.seed, split)
+    return pipelines.pretrain_pipeline(texts, tokenizer, cfg)
+  return pipelines.sft_pipeline(_conversations(source, num_examples, config.seed, split),
+                                tokenizer, cfg)
+
+
+# ----------------------------------------------------------------------------- model and init
+
+
+def _init_run_meta(run_dir: str) -> dict:
+  """The `meta` item of another run's latest checkpoint (its model config among it)."""
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, loop.CHECKPOINT_DIR))
+  try:
+    return checkpointer.read_meta()
+  finally:
+    checkpointer.close()
+
+
+def _model_config(config, tokenizer):
+  """The ModelConfig: from the init checkpoint when there is one, else the preset."""
+  numerics = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                  attention=config.model.attention, remat_policy=config.model.remat_policy)
+  if config.model.vocab_size and not any(config.init.values()):
+    numerics["vocab_size"] = config.model.vocab_size
+  if config.init.checkpoint:
+    fields = _init_run_meta(config.init.checkpoint).get(MODEL_META)
+    if not fields:
+      raise ValueError(f"init.checkpoint {config.init.checkpoint!r}: its checkpoint records no "
+                       "model config")
+    cfg = model_config.ModelConfig(**fields).replace(**numerics)
+  elif config.init.params_dir:
+    from qmath_jax import convert  # pylint: disable=g-import-not-at-top
+    cfg = convert.read_params_config(config.init.params_dir).replace(**numerics)
+  elif config.init.hf_dir:
+    from qmath_jax import hf  # pylint: disable=g-import-not-at-top
+    cfg = hf.read_config(config.init.hf_dir, config.model.param_dtype).replace(**numerics)
+  else:
+    cfg = presets.get_config(config.model.preset, **numerics)
+  if tokenizer.vocab_size > cfg.vocab_size:
+    raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                     f"{cfg.vocab_size}")
+  return cfg
+
+
+def _load_init_params(config, abstract_params):
+  """Params from init.checkpoint / params_dir / hf_dir laid out as `abstract_params`."""
+  if config.init.checkpoint:
+    return checkpoint_lib.restore_params(
+        os.path.join(config.init.checkpoint, loop.CHECKPOINT_DIR), abstract_params)
+  shardings = jax.tree.map(lambda a: a.sharding, abstract_params)
+  if config.init.params_dir:
+    from qmath_jax import convert  # pylint: disable=g-import-not-at-top
+    _, params = convert.load_params(config.init.params_dir, shardings,
+                                    dtype=config.model.param_dtype)
+    return params
+  from qmath_jax import hf  # pylint: disable=g-import-not-at-top
+  _, params = hf.load_hf(config.init.hf_dir, dtype=config.model.param_dtype,
+                         shardings=shardings)
+  return params
+
+
+# ----------------------------------------------------------------------------- train stages
+
+
+def _eval_hook(config, model_cfg, loss_fn, eval_pipeline, mesh, param_shardings):
+  """Weighted mean eval loss over the first `train.eval_batches` held-out batches."""
+
+  @functools.partial(jax.jit, in_shardings=(param_shardings, rules_lib.batch_sharding(mesh)))
+  def loss_and_weight(params, batch):
+    loss, aux = loss_fn(params, batch, jax.random.key(0))
+    weight = jnp.asarray(aux.get("weight", 1.0), jnp.float32)
+    return loss * weight, weight
+
+  def evaluate(state, step):
+    del step
+    total, weight, batches = 0.0, 0.0, 0
+    for batch in iter(eval_pipeline.dataset):
+      if batches == config.train.eval_batches:
+        break
+      s, w = jax.device_get(loss_and_weight(state.params, batch_lib.shard_batch(batch, mesh)))
+      total, weight, batches = total + float(s), weight + float(w), batches + 1
+    if not batches:
+      raise ValueError(f"data.eval_source {config.data.eval_source!r} gives no full batch of "
+                       f"{config.data.batch_size} rows of {config.data.seq_len} tokens")
+    return {"loss": total / max(weight, 1e-12)}
+
+  del model_cfg
+  return loop.EvalHook(every=config.train.eval_every, fn=evaluate, prefix="eval")
+
+
+def run_train_stage(config, workdir: str) -> dict:
+  """pretrain / sft: config -> mesh -> data -> sharded init -> step -> eval -> loop."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
+  tokenizer = _tokenizer(config, workdir)
+  model_cfg = _model_config(config, tokenizer)
+  model = transformer.Transformer(model_cfg)
+
+  per_host_batch = config.data.batch_size // jax.process_count()
+  train_pipeline = _pipeline(config, tokenizer, config.data.source, config.data.num_examples,
+                             split="train", per_host_batch=per_host_batch,
+                             epochs=config.data.num_epochs or None, shuffle=True)
+  eval_pipeline = None
+  if config.data.eval_source and config.train.eval_every:
+    eval_pipeline = _pipeline(config, tokenizer, config.data.eval_source,
+                              config.data.num_eval_examples, split="test",
+                              per_host_batch=per_host_batch, epochs=1, shuffle=False)
+
+  optimizer, schedule = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(
+      peak_lr=config.optim.lr, end_lr=config.optim.end_lr,
+      warmup_steps=config.optim.warmup_steps, total_steps=config.train.total_steps,
+      decay=config.optim.decay, weight_decay=config.optim.weight_decay, b1=config.optim.b1,
+      b2=config.optim.b2, clip_norm=config.optim.clip_norm))
+  init_params = lambda rng: transformer.init_params(model_cfg, rng, boxed=True)
+  init_state, shardings = state_lib.sharded_init(init_params, optimizer, mesh, config.seed)
+  abstract_state = jax.eval_shape(init_state)
+  if any(config.init.values()):
+    def init_state_from(params):
+      # A fresh state around loaded params; rng as `state.make_init_fn` draws it.
+      rng = jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1))
+      return state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                  opt_state=optimizer.init(params), rng=rng)
+
+    jitted = jax.jit(init_state_from, out_shardings=shardings, donate_argnums=0)
+    abstract_params = checkpoint_lib.abstract_with_shardings(abstract_state.params,
+                                                             shardings.params)
+    init_state = lambda: jitted(_load_init_params(config, abstract_params))
+
+  loss_fn = losses.get_loss("lm" if config.stage == "pretrain" else "sft", model,
+                            z_loss=config.optim.z_loss)
+  train_step = step_lib.make_train_step(
+      loss_fn, optimizer, mesh=mesh, state_shardings=shardings, learning_rate_fn=schedule,
+      num_microbatches=config.optim.num_microbatches)
+  hooks = []
+  if eval_pipeline is not None:
+    hooks.append(_eval_hook(config, model_cfg, loss_fn, eval_pipeline, mesh, shardings.params))
+
+  parts = loop.TrainParts(
+      mesh=mesh, init_state=init_state, state_shardings=shardings, train_step=train_step,
+      make_train_iter=lambda: iter(train_pipeline.dataset),
+      put_batch=lambda batch: batch_lib.shard_batch(batch, mesh),
+      flops_per_token=flops_lib.train_flops_per_token(model_cfg, config.data.seq_len),
+      eval_hooks=hooks, abstract_state=abstract_state)
+  best_metric = config.checkpoint.best_metric if hooks else ""
+  options = loop.LoopOptions(
+      total_steps=config.train.total_steps, log_every=config.train.log_every,
+      checkpoint_every=config.checkpoint.every, keep_last=config.checkpoint.keep_last,
+      keep_best=config.checkpoint.keep_best, best_metric=best_metric or None,
+      best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save)
+  meta = {"stage": config.stage, MODEL_META: dataclasses.asdict(model_cfg),
+          "config": json.loads(config.to_json_best_effort())}
+  outcome = loop.train(parts, options, workdir, meta=meta)
+  _report_bad_rows(f"{config.stage} data", train_pipeline.bad_rows)
+  return {"stage": config.stage, "step": outcome.step, "preempted": outcome.preempted}
+
+
+register_stage("pretrain")(run_train_stage)
+register_stage("sft")(run_train_stage)
+
+
+@register_stage("pipeline")
+def run_pipeline(config, workdir: str) -> dict:
+  """Runs `config.stages` in order, each `config.<name>` in `<workdir>/<name>`.
+
+  A tokenizer is trained first (once) into `<workdir>/tokenizer.model` when
+  `tokenizer.train_vocab_size` > 0 and no path is given, on synthetic documents and rendered
+  conversations; every stage then uses it. A stage's `init.checkpoint` naming an earlier
+  stage ("pretrain") means that stage's run directory.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer_path = config.tokenizer.path
+  if not tokenizer_path:
+    tokenizer_path = os.path.join(workdir, TOKENIZER_FILE)
+    if not os.path.exists(tokenizer_path):
+      n = config.tokenizer.num_documents
+      texts = synthetic.corpus(n, seed=config.seed) + [
+          chat.render(c["messages"])
+          for c in pipelines.sft_conversations(synthetic.generate(n, seed=config.seed))]
+      tokenizer_lib.train_sentencepiece(texts, config.tokenizer.train_vocab_size,
+                                        tokenizer_path)
+  results = {}
+  for name in config.stages:
+    sub = ml_collections.ConfigDict(config[name].to_dict())
+    sub.tokenizer.path = tokenizer_path
+    if sub.init.checkpoint in config.stages:
+      sub.init.checkpoint = os.path.join(workdir, sub.init.checkpoint)
+    logging.info("pipeline: stage %s in %s", name, os.path.join(workdir, name))
+    results[name] = STAGES[sub.stage](sub, os.path.join(workdir, name))
+    if results[name].get("preempted"):
+      break
+  return results
+
+
+# ----------------------------------------------------------------------------- entry
+
+
+def run(config, workdir: str) -> dict:
+  """Validates `config` (before any compute) and runs its stage in `workdir`."""
+  config_validation.validate(config, STAGES, jax.device_count())
+  return STAGES[config.stage](config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  py_logging.getLogger("absl").setLevel(py_logging.INFO)
+  distributed.initialize()
+  config = _CONFIG.value
+  try:
+    result = run(config, _WORKDIR.value)
+  except config_validation.ConfigError as e:
+    raise app.UsageError(str(e)) from None
+  logging.info("done: %s", json.dumps(result))
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
