@@ -60,6 +60,7 @@ class RewardModel(nn.Module):
   backbone: nn.Module
   hidden_size: int
 
+  @nn.compact
   def __call__(self, tokens, positions=None, segment_ids=None):
     """tokens, positions, segment_ids int `[batch, length]` -> float32 scores `[batch]`."""
     if segment_ids is None:
