@@ -10,7 +10,8 @@ order-preserving integer image of each fp32 value finds, in 32 passes over `[row
 exact k-th largest value (or the exact smallest value still inside the nucleus). Every token tied
 with that threshold value is kept, where a sort would cut ties arbitrarily.
 
-All knobs are traced values, so one compiled decode loop serves greedy and every sampling setting.
+Which filters run is static (no branch inside the decode loop); their values are traced, so
+one compiled loop serves every temperature, k and p.
 """
 
 import jax
@@ -45,56 +46,59 @@ def _largest_threshold(keys, holds):
     ok = holds(keys >= mid)[:, None]
     return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
 
-  lo, _ = jax.lax.fori_loop(0, _BITS, body, (lo, hi))
+  # On accelerators every while-loop iteration costs a host round trip: unroll the 32 passes.
+  unroll = jax.default_backend() != "cpu"
+  lo, _ = jax.lax.fori_loop(0, _BITS, body, (lo, hi), unroll=unroll)
   return lo
 
 
 def top_k_mask(logits, k):
-  """bool `[rows, vocab]`: the k largest logits per row (and their ties); k <= 0 keeps all."""
+  """bool `[rows, vocab]`: the k (>= 1) largest logits per row, and any ties of the k-th."""
   keys = _order_keys(logits)
   threshold = _largest_threshold(keys, lambda sel: sel.sum(-1) >= k)
-  return jnp.where(k > 0, keys >= threshold, True)
+  return keys >= threshold
 
 
 def top_p_mask(logits, p):
   """bool `[rows, vocab]`: the smallest set of most likely tokens whose probability is >= p.
 
-  `logits` may hold -inf (already filtered tokens). p >= 1 keeps every token.
+  `logits` may hold -inf (already filtered tokens); p in (0, 1].
   """
   probs = jax.nn.softmax(logits, axis=-1)
   keys = _order_keys(logits)
   threshold = _largest_threshold(
       keys, lambda sel: jnp.sum(jnp.where(sel, probs, 0.0), axis=-1) >= p)
-  return jnp.where(p < 1.0, keys >= threshold, True)
+  return keys >= threshold
 
 
-def sample(logits, keys, temperature, top_k, top_p):
+def sample(logits, keys, temperature, top_k, top_p, *, stochastic: bool, use_top_k: bool,
+           use_top_p: bool):
   """Picks one token per row.
+
+  Which filters run is static (`stochastic`, `use_top_k`, `use_top_p`: one compiled decode loop
+  per combination, with no branch inside the loop); their values are traced.
 
   Args:
     logits: fp32 `[rows, vocab]`.
     keys: PRNG keys `[rows]`, one per row for this step: a row's token depends only on its own
       key and logits, not on the other rows of the batch.
-    temperature: fp32 scalar; 0 means greedy (argmax, ties to the lowest id).
-    top_k: int32 scalar; <= 0 means no top-k.
-    top_p: fp32 scalar in (0, 1]; 1 means no nucleus filter.
+    temperature: fp32 scalar > 0 (ignored when not `stochastic`: greedy argmax, ties to the
+      lowest id).
+    top_k: int32 scalar >= 1, used when `use_top_k`.
+    top_p: fp32 scalar in (0, 1], used when `use_top_p`.
   Returns:
     (int32 tokens `[rows]`, fp32 log-probs `[rows]` under the untempered model distribution).
   """
   logits = logits.astype(jnp.float32)
-
-  def greedy(_):
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-  def stochastic(_):
-    scaled = logits / jnp.maximum(temperature, 1e-6)
-    scaled = jax.lax.cond(top_k > 0, lambda s: jnp.where(top_k_mask(s, top_k), s, -jnp.inf),
-                          lambda s: s, scaled)
-    scaled = jax.lax.cond(top_p < 1.0, lambda s: jnp.where(top_p_mask(s, top_p), s, -jnp.inf),
-                          lambda s: s, scaled)
+  if stochastic:
+    scaled = logits / temperature
+    if use_top_k:
+      scaled = jnp.where(top_k_mask(scaled, top_k), scaled, -jnp.inf)
+    if use_top_p:
+      scaled = jnp.where(top_p_mask(scaled, top_p), scaled, -jnp.inf)
     noise = jax.vmap(lambda k: jax.random.gumbel(k, scaled.shape[1:], jnp.float32))(keys)
-    return jnp.argmax(scaled + noise, axis=-1).astype(jnp.int32)
-
-  tokens = jax.lax.cond(temperature > 0, stochastic, greedy, None)
+    tokens = jnp.argmax(scaled + noise, axis=-1).astype(jnp.int32)
+  else:
+    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logprobs = jax.nn.log_softmax(logits, axis=-1)
   return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]

@@ -28,6 +28,8 @@ How a call runs:
   decode weights are replicated.
 """
 
+import collections
+import dataclasses
 import functools
 import time
 from collections.abc import Sequence
@@ -57,9 +59,121 @@ def _floor_pow2(x: int) -> int:
   return 1 << (max(x, 1).bit_length() - 1)
 
 
+TRACES = collections.Counter()  # compilations of "prefill" and "decode", for tests and logs
+MAX_EOS_IDS = 8  # end-of-sequence ids are padded to this many (a fixed shape: no recompile)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+  """Static sampling switches: one compiled prefill and decode per combination."""
+  stochastic: bool
+  use_top_k: bool
+  use_top_p: bool
+
+  @classmethod
+  def of(cls, temperature: float, top_k: int, top_p: float) -> "Mode":
+    stochastic = temperature > 0
+    return cls(stochastic, stochastic and top_k > 0, stochastic and top_p < 1.0)
+
+
 def _eos_hit(tokens, eos_ids):
-  """bool `[rows]`: tokens `[rows]` that are one of eos_ids `[num_eos]` (possibly empty)."""
+  """bool `[rows]`: tokens `[rows]` that are one of eos_ids `[MAX_EOS_IDS]` (-1 = unused)."""
   return jnp.any(tokens[:, None] == eos_ids[None, :], axis=-1)
+
+
+def _batch_sharded(mesh, x):
+  """Constrains dimension 0 of x to the batch axes (no-op without a mesh)."""
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, PartitionSpec(mesh_lib.BATCH_AXES)))
+
+
+def _sample(mode: Mode, logits, keys, knobs):
+  temperature, top_k, top_p = knobs
+  return filters.sample(logits, keys, temperature, top_k, top_p, stochastic=mode.stochastic,
+                        use_top_k=mode.use_top_k, use_top_p=mode.use_top_p)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh", "mode", "n", "own_len"))
+def _start(weights_, tokens, positions, segment_ids, prompt_lens, row_ids, active, seed_key,
+           knobs, eos_ids, *, cfg, mesh, mode, n, own_len):
+  """Prefill, the first token of each row, an empty own cache.
+
+  Returns:
+    (decode state, first tokens `[rows]`, their log-probs `[rows]`).
+  """
+  TRACES["prefill"] += 1
+  logits, prompt_cache = forward.prefill(cfg, weights_, tokens, positions, segment_ids)
+  prompt_cache = jax.tree.map(functools.partial(_batch_sharded, mesh), prompt_cache)
+  row_keys = jax.vmap(lambda ids: jax.random.fold_in(
+      jax.random.fold_in(seed_key, ids[0]), ids[1]))(row_ids)
+  step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, 0)
+  rows_logits = _batch_sharded(mesh, jnp.repeat(logits, n, axis=0))
+  token, logprob = _sample(mode, rows_logits, step_keys, knobs)
+  rows = token.shape[0]
+  shape = (rows, cfg.num_kv_heads, own_len, cfg.head_dim)
+  own_cache = [{"k": _batch_sharded(mesh, jnp.zeros(shape, cfg.compute_dtype)),
+                "v": _batch_sharded(mesh, jnp.zeros(shape, cfg.compute_dtype))}
+               for _ in range(cfg.num_layers)]
+  state = {
+      "prompt_cache": prompt_cache,
+      "prompt_valid": segment_ids != 0,
+      "own_cache": own_cache,
+      "token": token,
+      "position": jnp.repeat(prompt_lens, n),
+      "num": jnp.ones((), jnp.int32),
+      "done": ~active | _eos_hit(token, eos_ids),
+      "row_keys": row_keys,
+  }
+  return state, token, logprob
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mode", "chunk"), donate_argnames=("state",))
+def _decode(weights_, state, stopped, limit, knobs, eos_ids, *, cfg, mode, chunk):
+  """Up to `chunk` decode steps: fewer when every row is done or `limit` tokens exist.
+
+  Returns:
+    (state, tokens `[rows, chunk]`, log-probs `[rows, chunk]`, steps taken, done `[rows]`).
+  """
+  TRACES["decode"] += 1
+  rows = state["token"].shape[0]
+  first = state["num"]
+  end = jnp.minimum(limit, first + chunk)
+
+  def cond(carry):
+    return (carry["num"] < end) & ~jnp.all(carry["done"])
+
+  def body(carry):
+    logits, own_cache = forward.decode_step(
+        cfg, weights_, state["prompt_cache"], state["prompt_valid"], carry["own_cache"],
+        carry["token"], carry["position"], carry["num"] - 1)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state["row_keys"], carry["num"])
+    token, logprob = _sample(mode, logits, keys, knobs)
+    column = carry["num"] - first
+    return {
+        "own_cache": own_cache,
+        "token": token,
+        "position": carry["position"] + 1,
+        "num": carry["num"] + 1,
+        "done": carry["done"] | _eos_hit(token, eos_ids),
+        "tokens": jax.lax.dynamic_update_slice(carry["tokens"], token[:, None], (0, column)),
+        "logprobs": jax.lax.dynamic_update_slice(carry["logprobs"], logprob[:, None],
+                                                 (0, column)),
+    }
+
+  carry = {
+      "own_cache": state["own_cache"],
+      "token": state["token"],
+      "position": state["position"],
+      "num": state["num"],
+      "done": state["done"] | stopped,
+      "tokens": jnp.zeros((rows, chunk), jnp.int32),
+      "logprobs": jnp.zeros((rows, chunk), jnp.float32),
+  }
+  carry = jax.lax.while_loop(cond, body, carry)
+  state = {**state, **{k: carry[k] for k in ("own_cache", "token", "position", "num", "done")}}
+  return state, carry["tokens"], carry["logprobs"], carry["num"] - first, carry["done"]
 
 
 class Sampler:
@@ -87,12 +201,12 @@ class Sampler:
     self.max_rows = max_rows
     self.stop_check_interval = stop_check_interval
     self.eos_ids = tuple(int(t) for t in tokenizer.eos_ids)
+    if len(self.eos_ids) > MAX_EOS_IDS:
+      raise ValueError(f"tokenizer has {len(self.eos_ids)} end-of-sequence ids; at most "
+                       f"{MAX_EOS_IDS} are supported")
     self.pad_id = int(tokenizer.pad_id)
-    self.traces = {"prefill": 0, "decode": 0}  # how many times each function was compiled
     self.last_stats: dict = {}
     self._shards = 1 if mesh is None else mesh_lib.batch_shards(mesh)
-    self._start = jax.jit(self._start_fn, static_argnames=("n", "own_len"))
-    self._decode = jax.jit(self._decode_fn, static_argnames=("chunk",), donate_argnames=("state",))
     self.update_params(params)
 
   # -- parameters and placement -------------------------------------------------------------
@@ -105,96 +219,11 @@ class Sampler:
       prepared = jax.device_put(prepared, NamedSharding(self.mesh, PartitionSpec()))
     self._weights = prepared
 
-  def _batch_sharded(self, x):
-    """Constrains dimension 0 of x to the batch axes (no-op without a mesh)."""
-    if self.mesh is None:
-      return x
-    spec = PartitionSpec(mesh_lib.BATCH_AXES)
-    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
-
   def _put(self, x, batched: bool):
     if self.mesh is None:
       return jnp.asarray(x)
     spec = PartitionSpec(mesh_lib.BATCH_AXES) if batched else PartitionSpec()
     return jax.device_put(x, NamedSharding(self.mesh, spec))
-
-  # -- jitted pieces ----------------------------------------------------------------------------
-
-  def _start_fn(self, weights_, tokens, positions, segment_ids, prompt_lens, row_ids, active,
-                seed_key, temperature, top_k, top_p, eos_ids, *, n, own_len):
-    """Prefill, first token of each row, empty own cache. Returns (state, tokens, log-probs)."""
-    self.traces["prefill"] += 1
-    cfg = self.cfg
-    logits, prompt_cache = forward.prefill(cfg, weights_, tokens, positions, segment_ids)
-    prompt_cache = jax.tree.map(self._batch_sharded, prompt_cache)
-    row_keys = jax.vmap(lambda ids: jax.random.fold_in(
-        jax.random.fold_in(seed_key, ids[0]), ids[1]))(row_ids)
-    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, 0)
-    rows_logits = self._batch_sharded(jnp.repeat(logits, n, axis=0))
-    token, logprob = filters.sample(rows_logits, step_keys, temperature, top_k, top_p)
-    rows = token.shape[0]
-    shape = (rows, cfg.num_kv_heads, own_len, cfg.head_dim)
-    own_cache = [{"k": self._batch_sharded(jnp.zeros(shape, cfg.compute_dtype)),
-                  "v": self._batch_sharded(jnp.zeros(shape, cfg.compute_dtype))}
-                 for _ in range(cfg.num_layers)]
-    state = {
-        "prompt_cache": prompt_cache,
-        "prompt_valid": segment_ids != 0,
-        "own_cache": own_cache,
-        "token": token,
-        "position": jnp.repeat(prompt_lens, n),
-        "num": jnp.ones((), jnp.int32),
-        "done": ~active | _eos_hit(token, eos_ids),
-        "row_keys": row_keys,
-    }
-    return state, token, logprob
-
-  def _decode_fn(self, weights_, state, stopped, limit, temperature, top_k, top_p, eos_ids, *,
-                 chunk):
-    """Up to `chunk` decode steps (fewer when every row is done or `limit` tokens exist).
-
-    Returns:
-      (state, tokens `[rows, chunk]`, log-probs `[rows, chunk]`, steps taken, done `[rows]`).
-    """
-    self.traces["decode"] += 1
-    cfg = self.cfg
-    rows = state["token"].shape[0]
-    first = state["num"]
-    end = jnp.minimum(limit, first + chunk)
-
-    def cond(carry):
-      return (carry["num"] < end) & ~jnp.all(carry["done"])
-
-    def body(carry):
-      logits, own_cache = forward.decode_step(
-          cfg, weights_, state["prompt_cache"], state["prompt_valid"], carry["own_cache"],
-          carry["token"], carry["position"], carry["num"] - 1)
-      keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state["row_keys"], carry["num"])
-      token, logprob = filters.sample(logits, keys, temperature, top_k, top_p)
-      column = carry["num"] - first
-      return {
-          "own_cache": own_cache,
-          "token": token,
-          "position": carry["position"] + 1,
-          "num": carry["num"] + 1,
-          "done": carry["done"] | _eos_hit(token, eos_ids),
-          "tokens": jax.lax.dynamic_update_slice(carry["tokens"], token[:, None], (0, column)),
-          "logprobs": jax.lax.dynamic_update_slice(carry["logprobs"], logprob[:, None],
-                                                   (0, column)),
-      }
-
-    carry = {
-        "own_cache": state["own_cache"],
-        "token": state["token"],
-        "position": state["position"],
-        "num": state["num"],
-        "done": state["done"] | stopped,
-        "tokens": jnp.zeros((rows, chunk), jnp.int32),
-        "logprobs": jnp.zeros((rows, chunk), jnp.float32),
-    }
-    carry = jax.lax.while_loop(cond, body, carry)
-    state = {**state, **{k: carry[k] for k in ("own_cache", "token", "position", "num", "done")}}
-    return state, carry["tokens"], carry["logprobs"], carry["num"] - first, carry["done"]
 
   # -- public API -------------------------------------------------------------------------------
 
@@ -285,13 +314,16 @@ class Sampler:
                        axis=1).astype(np.int32)
     active = np.arange(rows) < count * n
 
-    knobs = (jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p),
-             jnp.asarray(self.eos_ids, jnp.int32))
+    mode = Mode.of(temperature, top_k, top_p)
+    knobs = (jnp.float32(max(temperature, 1e-6)), jnp.int32(max(top_k, 1)), jnp.float32(top_p))
+    eos_ids = jnp.asarray(list(self.eos_ids) + [-1] * (MAX_EOS_IDS - len(self.eos_ids)),
+                          jnp.int32)
     clock = time.perf_counter()
-    state, token, logprob = self._start(
+    state, token, logprob = _start(
         self._weights, self._put(tokens, True), self._put(positions, True),
         self._put(segment_ids, True), self._put(prompt_lens, True), self._put(row_ids, True),
-        self._put(active, True), jax.random.key(seed), *knobs, n=n, own_len=own_len)
+        self._put(active, True), jax.random.key(seed), knobs, eos_ids, cfg=self.cfg,
+        mesh=self.mesh, mode=mode, n=n, own_len=own_len)
     ids = [[t] for t in np.asarray(token).tolist()]
     logprobs = [[x] for x in np.asarray(logprob, np.float32).tolist()]
     done = ~active | np.isin(np.asarray(token), self.eos_ids)
@@ -314,9 +346,9 @@ class Sampler:
     num = 1
     clock = time.perf_counter()
     while num < max_new_tokens and not np.all(done | stopped):
-      state, new_tokens, new_logprobs, steps, done_now = self._decode(
-          self._weights, state, self._put(stopped, True), jnp.int32(max_new_tokens), *knobs,
-          chunk=chunk)
+      state, new_tokens, new_logprobs, steps, done_now = _decode(
+          self._weights, state, self._put(stopped, True), jnp.int32(max_new_tokens), knobs,
+          eos_ids, cfg=self.cfg, mode=mode, chunk=chunk)
       steps = int(steps)
       new_tokens = np.asarray(new_tokens)[:, :steps].tolist()
       new_logprobs = np.asarray(new_logprobs, np.float32)[:, :steps].tolist()

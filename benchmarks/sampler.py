@@ -1,0 +1,187 @@
+"""Sampler speed: new tokens/s against transformers on CPU, decode step time against the HBM roofline.
+
+Two modes; each prints one JSON object per measurement and writes all of them to `--out`.
+
+  python benchmarks/sampler.py --mode cpu [--out cpu.json]
+      A random Qwen2 checkpoint built and saved by transformers, loaded with
+      `qmath_jax.hf.load_hf`; greedy decoding of the same prompts (no end-of-sequence stop, every
+      row runs `--new` tokens) by `Sampler.generate_ids` and by `Qwen2ForCausalLM.generate`;
+      new tokens per second of each (best of `--repeats` timed runs after one warm-up run), and
+      the fraction of generated tokens on which the two agree.
+
+  python benchmarks/sampler.py --mode device [--preset qwen2.5-math-1.5b] [--out device.json]
+      Random bf16 parameters of the preset; `--batch` prompts of `--prompt` random tokens, `--new`
+      new tokens each, greedy and then sampled (temperature 0.7, top-p 0.8), then the same rows as
+      groups of 8 samples sharing a prompt. Decode step time = decode seconds / decode steps of
+      the second (compiled) run. Roofline per step = (decode weight bytes + prompt and own KV
+      bytes in use at that step, averaged over the steps) / `--hbm_tbps`.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from qmath_jax.model import get_config, init_params
+from qmath_jax.sampling import sampler as sampler_lib
+from qmath_jax.sampling.sampler import Sampler
+
+
+class IdsOnlyTokenizer:
+  """The tokenizer surface the sampler needs when prompts are ids and nothing stops early."""
+  pad_id = 0
+  eos_ids = ()
+
+  def decode(self, ids):
+    return " ".join(map(str, ids))
+
+
+def _emit(record, records):
+  records.append(record)
+  print(json.dumps(record), flush=True)
+
+
+def _write(records, out):
+  if out:
+    tmp = out + ".tmp"
+    with open(tmp, "w") as handle:
+      json.dump(records, handle, indent=1)
+    os.replace(tmp, out)
+
+
+def _random_prompts(batch, length, vocab, seed=0):
+  return np.random.default_rng(seed).integers(3, vocab, size=(batch, length)).tolist()
+
+
+def run_cpu(args, records):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from qmath_jax.hf import load_hf  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count() or 1)
+  config = transformers.Qwen2Config(
+      vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
+      num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=2,
+      head_dim=64, max_position_embeddings=2048, rms_norm_eps=1e-6, use_sliding_window=False,
+      tie_word_embeddings=False, rope_theta=10000.0)
+  model = transformers.Qwen2ForCausalLM(config).eval().to(torch.float32)
+  prompts = _random_prompts(args.batch, args.prompt, args.vocab)
+  with tempfile.TemporaryDirectory() as tmp:
+    model.save_pretrained(tmp, safe_serialization=True)
+    cfg, params = load_hf(pathlib.Path(tmp))
+  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), max_rows=args.batch)
+
+  def ours():
+    out = sampler.generate_ids(prompts, max_new_tokens=args.new)
+    return [c[0].token_ids for c in out]
+
+  input_ids = torch.tensor(prompts)
+  generation = transformers.GenerationConfig(
+      max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, eos_token_id=None,
+      pad_token_id=0)
+
+  def theirs():
+    with torch.no_grad():
+      out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                           generation_config=generation)
+    return out[:, args.prompt:].tolist()
+
+  new_tokens = args.batch * args.new
+  result = {"mode": "cpu", "batch": args.batch, "prompt": args.prompt, "new": args.new,
+            "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
+            "params": cfg.num_params, "cpus": os.cpu_count()}
+  for name, fn in (("qmath_jax", ours), ("transformers", theirs)):
+    clock = time.perf_counter()
+    tokens = fn()
+    result[f"{name}_first_call_s"] = time.perf_counter() - clock
+    times = []
+    for _ in range(args.repeats):
+      clock = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - clock)
+    result[f"{name}_tokens_per_s"] = new_tokens / min(times)
+    result[f"{name}_tokens"] = tokens
+  same = np.mean(np.array(result.pop("qmath_jax_tokens")) ==
+                 np.array(result.pop("transformers_tokens")))
+  result["greedy_agreement"] = float(same)
+  result["speedup"] = result["qmath_jax_tokens_per_s"] / result["transformers_tokens_per_s"]
+  _emit(result, records)
+
+
+def _kv_bytes_per_step(cfg, groups, rows, prompt, new, itemsize):
+  """Mean K+V bytes in use per decode step: every prompt slot and the own slots written."""
+  per_slot = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * itemsize
+  own_slots = np.arange(1, new)  # the step that samples token i attends to i own slots
+  return per_slot * (groups * prompt + rows * float(np.mean(own_slots)))
+
+
+def run_device(args, records):
+  cfg = get_config(args.preset, dtype="bfloat16", param_dtype="bfloat16", attention="xla")
+  clock = time.perf_counter()
+  params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
+  jax.block_until_ready(params)
+  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), max_rows=args.batch)
+  del params
+  weight_bytes = sum(x.nbytes for x in jax.tree.leaves(sampler._weights))  # pylint: disable=protected-access
+  _emit({"mode": "device", "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+         "preset": args.preset, "weight_bytes": weight_bytes,
+         "setup_s": time.perf_counter() - clock}, records)
+  settings = [
+      ("greedy", 1, dict(temperature=0.0)),
+      ("sampled_t0.7_p0.8", 1, dict(temperature=0.7, top_p=0.8)),
+      ("greedy_groups_of_8", 8, dict(temperature=0.0)),
+      ("sampled_groups_of_8", 8, dict(temperature=0.7, top_p=0.8)),
+  ][:args.settings]
+  for name, n, knobs in settings:
+    prompts = _random_prompts(args.batch // n, args.prompt, cfg.vocab_size)
+    runs = []
+    for _ in range(2):  # the first run compiles (once per shape: knobs are traced values)
+      clock = time.perf_counter()
+      sampler.generate_ids(prompts, n=n, max_new_tokens=args.new, seed=1, **knobs)
+      runs.append(dict(sampler.last_stats, wall_s=time.perf_counter() - clock))
+    stats = runs[-1]
+    step_s = stats["decode_s"] / max(stats["decode_steps"], 1)
+    kv = _kv_bytes_per_step(cfg, args.batch // n, args.batch, args.prompt, args.new, 2)
+    roofline_s = (weight_bytes + kv) / (args.hbm_tbps * 1e12)
+    _emit({"setting": name, "rows": args.batch, "n": n, "prompt": args.prompt, "new": args.new,
+           "decode_step_ms": 1e3 * step_s, "roofline_step_ms": 1e3 * roofline_s,
+           "fraction_of_roofline": roofline_s / step_s, "kv_bytes_per_step": kv,
+           "prefill_s": stats["prefill_s"], "first_run_wall_s": runs[0]["wall_s"],
+           "wall_s": stats["wall_s"], "new_tokens_per_s": args.batch * (args.new - 1) /
+           stats["decode_s"], "traces": dict(sampler_lib.TRACES)}, records)
+    _write(records, args.out)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--mode", choices=("cpu", "device"), required=True)
+  parser.add_argument("--out")
+  parser.add_argument("--preset", default="qwen2.5-math-1.5b")
+  parser.add_argument("--batch", type=int)
+  parser.add_argument("--prompt", type=int)
+  parser.add_argument("--new", type=int)
+  parser.add_argument("--settings", type=int, default=4, help="device mode: how many settings")
+  parser.add_argument("--hbm_tbps", type=float, default=4.3)
+  parser.add_argument("--hidden", type=int, default=256)
+  parser.add_argument("--layers", type=int, default=4)
+  parser.add_argument("--vocab", type=int, default=4096)
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args(argv)
+  defaults = {"cpu": (8, 64, 64), "device": (64, 512, 256)}[args.mode]
+  args.batch = args.batch or defaults[0]
+  args.prompt = args.prompt or defaults[1]
+  args.new = args.new or defaults[2]
+  records = []
+  (run_cpu if args.mode == "cpu" else run_device)(args, records)
+  _write(records, args.out)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
