@@ -6,6 +6,7 @@ import grain
 import pytest
 import tensorflow_datasets as tfds
 
+from qmath_jax.data import gold
 from qmath_jax.data import records
 from qmath_jax.data import sources
 from qmath_jax.data import tfds_builders
@@ -96,9 +97,9 @@ def test_converters_for_choice_and_numeric_layouts(tmp_path):
 
 
 def test_last_boxed_is_brace_balanced():
-  assert sources.last_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}} c") == "\\frac{1}{2}"
-  assert sources.last_boxed("no box") is None
-  assert sources.last_boxed("\\boxed{unclosed") is None
+  assert gold.last_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}} c") == "\\frac{1}{2}"
+  assert gold.last_boxed("no box") is None
+  assert gold.last_boxed("\\boxed{unclosed") is None
 
 
 def test_every_manifest_file_loads(data_dir):

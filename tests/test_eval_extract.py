@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from qmath_jax.evaluation import extract
+from qmath_jax.data import gold
 from qmath_jax.evaluation import extract_answer
 from qmath_jax.evaluation import normalize_answer
 
@@ -32,7 +32,7 @@ def test_extracts_final_answer(text, want):
 
 
 def test_unbalanced_box_falls_back():
-  assert extract.last_boxed("\\boxed{1 + ") is None
+  assert gold.last_boxed("\\boxed{1 + ") is None
   assert extract_answer("we have 7 \\boxed{1 + ", "math") == "1"
 
 

@@ -4,10 +4,12 @@ import json
 
 import pytest
 
+from qmath_jax.data import gold
+from qmath_jax.data import sources
 from qmath_jax.evaluation import benchmarks
 from qmath_jax.evaluation import extract_answer
-from qmath_jax.evaluation import gold
 from qmath_jax.evaluation import math_equal
+from qmath_jax.evaluation import prompts
 
 # Synthetic rows, one per dataset layout: (dataset, row, gold, is_choice, text in question).
 SYNTHETIC = [
@@ -45,7 +47,7 @@ SYNTHETIC = [
 def test_gold_and_question_per_dataset(name, row, want_gold, want_choice, in_question):
   assert gold.gold_answer(row, name) == want_gold
   assert gold.is_choice(row, name) is want_choice
-  assert in_question in gold.question_text(row, name)
+  assert in_question in prompts.question_text(sources.to_problem(row, name))
 
 
 def test_missing_field_names_dataset_and_field():
@@ -62,7 +64,7 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path):
   with pytest.raises(ValueError, match=r"test.jsonl:2"):
     benchmarks.load("gsm8k", data_dir=tmp_path)
   path.write_text(json.dumps({"question": "q"}) + "\n")
-  with pytest.raises(ValueError, match=r"row 1.*'answer'"):
+  with pytest.raises(ValueError, match=r"test\.jsonl:1: missing field.*'answer'"):
     benchmarks.load("gsm8k", data_dir=tmp_path)
 
 

@@ -7,10 +7,9 @@ is one jsonl file described in the data directory's MANIFEST.md. Every row becom
   id        "<source>/<row id>" (the file's own id field when it has one, else the line number)
   dataset   the source name, e.g. "gsm8k/test"
   question  the problem statement as the model sees it (body + question where split)
-  answer    the gold final answer as a plain string, read as ``evaluation.gold.gold_answer``
-            reads it (GSM8K after ``####``, MATH's answer field or last ``\boxed{}``, letters for
-            multiple choice, ``choice_answer`` first where a file has one); the grader
-            normalises further
+  answer    the gold final answer as a plain string, read by ``gold.gold_answer`` (GSM8K
+            after ``####``, MATH's answer field or last ``\boxed{}``, letters for multiple
+            choice, ``choice_answer`` first where a file has one); the grader normalises further
   solution  the reference solution text, "" when the file has none
   choices   the options of a multiple-choice problem ("A. ...", "B. ..."), else ()
   meta      the remaining source fields that matter downstream (level, subject, type, ...)
@@ -25,9 +24,13 @@ import os
 import re
 from collections.abc import Callable
 
+from qmath_jax.data import gold
 from qmath_jax.data import paths
 from qmath_jax.data import records
 
+# The brace-balanced boxed-answer reader is ``gold.last_boxed``; named here for the callers that
+# read solutions through this module (pipelines, synthetic data checks).
+last_boxed = gold.last_boxed
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -52,41 +55,6 @@ class Problem:
                choices=tuple(row.get("choices") or ()), meta=dict(row.get("meta") or {}))
 
 
-def last_boxed(text: str) -> str | None:
-  """Content of the last brace-balanced ``\\boxed{...}`` (or ``\\fbox{...}``) in text."""
-  start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-  if start < 0:
-    return None
-  i = text.index("{", start) + 1
-  depth = 1
-  for j in range(i, len(text)):
-    if text[j] == "{":
-      depth += 1
-    elif text[j] == "}":
-      depth -= 1
-      if depth == 0:
-        return text[i:j]
-  return None
-
-
-def _number(value) -> str:
-  """Numbers as written by a person: 27.0 -> "27", 2.50 -> "2.5"."""
-  if isinstance(value, bool):
-    raise ValueError(f"expected a number, got {value!r}")
-  if isinstance(value, (int, float)):
-    if float(value).is_integer():
-      return str(int(value))
-    return repr(float(value))
-  return str(value).strip()
-
-
-def _strip_dollars(text: str) -> str:
-  text = str(text).strip()
-  if len(text) >= 2 and text.startswith("$") and text.endswith("$"):
-    text = text[1:-1].strip()
-  return text
-
-
 def _letters(options) -> tuple[str, ...]:
   return tuple(f"{chr(ord('A') + i)}. {str(o).strip()}" for i, o in enumerate(options))
 
@@ -100,147 +68,133 @@ def _split_options(text: str) -> tuple[str, ...]:
   return tuple(f"{parts[i]}. {parts[i + 1].strip()}" for i in range(1, len(parts) - 1, 2))
 
 
-# Each converter maps a raw row to Problem fields (without id/dataset); a KeyError, TypeError
-# or ValueError marks the row bad ("missing or malformed field").
+# Each layout maps a raw row of its dataset to the Problem fields other than id, dataset and
+# answer (the answer is ``gold.gold_answer``). A KeyError, ``gold.GoldError``, TypeError or
+# ValueError marks the row bad ("missing field" or "malformed field").
 def _gsm8k(row):
-  solution = row["answer"]
-  if "####" not in solution:
-    raise ValueError("answer has no '####' line")
-  return dict(question=row["question"], solution=solution,
-              answer=solution.split("####")[-1].strip().replace(",", ""))
+  return dict(question=row["question"], solution=row["answer"])
 
 
 def _math(row):
-  answer = row.get("answer") or last_boxed(row["solution"])
-  if answer is None:
-    raise ValueError("no answer field and no \\boxed{} in the solution")
-  return dict(question=row["problem"], solution=row["solution"], answer=answer,
+  return dict(question=row["problem"], solution=row["solution"],
               meta={k: row[k] for k in ("level", "subject", "unique_id") if k in row})
 
 
 def _minerva(row):
-  answer = last_boxed(row["solution"])
-  if answer is None:
-    raise ValueError("no \\boxed{} in the solution")
-  return dict(question=row["problem"], solution=row["solution"], answer=answer,
-              meta={"type": row.get("type")})
+  return dict(question=row["problem"], solution=row["solution"], meta={"type": row.get("type")})
 
 
 def _aime(row):
-  return dict(question=row["problem"], answer=_number(row["answer"]),
-              solution=row.get("solution") or "")
+  return dict(question=row["problem"], solution=row.get("solution") or "")
 
 
 def _amc(row):
-  return dict(question=row["question"], answer=_number(row["answer"]))
+  return dict(question=row["problem"] if row.get("problem") else row["question"])
 
 
 def _aqua(row):
-  choices = tuple(re.sub(r"^([A-E])\)\s*", r"\1. ", o) for o in row["options"])
-  return dict(question=row["question"], answer=row["correct"], solution=row["rationale"],
-              choices=choices)
+  choices = tuple(re.sub(r"^\(?([A-E])\)\s*", r"\1. ", o.strip()) for o in row["options"])
+  return dict(question=row["question"], solution=row.get("rationale") or "", choices=choices)
 
 
 def _asdiv(row):
-  answer = re.sub(r"\s*\(.*\)\s*$", "", row["answer"]).strip()
-  return dict(question=f"{row['body'].strip()} {row['question'].strip()}", answer=answer,
+  return dict(question=f"{row['body'].strip()} {row['question'].strip()}",
               solution=row.get("formula") or "", meta={"type": row.get("solution_type")})
 
 
 def _carp(row):
-  return dict(question=row["content"], answer=row["answer"], solution=row.get("steps") or "")
+  return dict(question=row["content"], solution=row.get("steps") or "")
 
 
 def _cmath(row):
-  return dict(question=row["question"], answer=_number(row["answer"]),
-              meta={"grade": row.get("grade")})
+  return dict(question=row["question"], meta={"grade": row.get("grade")})
 
 
 def _plain(row):
-  return dict(question=row["question"], answer=_strip_dollars(row["answer"]))
+  return dict(question=row["question"])
 
 
 def _choice_or_answer(row):
-  answer = row.get("choice_answer") or row["answer"]
-  return dict(question=row["question"], answer=_strip_dollars(answer),
-              meta={"answer_text": row["answer"]})
-
-
-def _gaokao_cloze(row):
-  return dict(question=row["question"], answer=_strip_dollars(row["answer"]))
+  return dict(question=row["question"], meta={"answer_text": row["answer"]})
 
 
 def _gaokao_qa(row):
   options = row["options"]
-  return dict(question=row["question"], answer=row["label"],
-              choices=tuple(f"{k}. {v}" for k, v in options.items()))
+  return dict(question=row["question"],
+              choices=tuple(f"{k}. {str(v).strip()}" for k, v in sorted(options.items())))
 
 
 def _mawps(row):
-  return dict(question=row["input"], answer=_number(row["target"]))
+  return dict(question=row["input"])
 
 
 def _mmlu(row):
-  index = row["answer"]
-  if not isinstance(index, int) or not 0 <= index < len(row["choices"]):
-    raise ValueError(f"answer index {index!r} outside choices")
-  return dict(question=row["question"], answer="ABCDE"[index], choices=_letters(row["choices"]),
+  return dict(question=row["question"], choices=_letters(row["choices"]),
               meta={"type": row.get("type")})
 
 
 def _olympiad(row):
   question = row["question"]
   if row.get("context"):
-    question = f"{row['context']}\n{question}"
-  answers = row["final_answer"]
-  answers = answers if isinstance(answers, list) else [answers]
-  return dict(question=question, answer=", ".join(_strip_dollars(a) for a in answers),
-              solution="\n".join(row.get("solution") or ()),
+    question = f"{row['context'].strip()}\n{question}"
+  return dict(question=question, solution="\n".join(row.get("solution") or ()),
               meta={k: row.get(k) for k in ("subfield", "unit", "answer_type")})
 
 
 def _sat(row):
-  return dict(question=row["question"], answer=row["Answer"],
-              choices=_split_options(row["options"]))
+  return dict(question=row["question"], choices=_split_options(row["options"]))
 
 
 def _svamp(row):
-  return dict(question=f"{row['Body'].strip()} {row['Question'].strip()}",
-              answer=_number(row["Answer"]), solution=row.get("Equation") or "")
+  body = row["Body"].strip()
+  body = body if body.endswith(".") else body + "."
+  return dict(question=f"{body} {row['Question'].strip()}", solution=row.get("Equation") or "")
 
 
-# source name -> (file relative to the data directory, converter, id field or None).
-SOURCES: dict[str, tuple[str, Callable[[dict], dict], str | None]] = {
-    "aime24/test": ("aime24/test.jsonl", _aime, "id"),
-    "amc23/test": ("amc23/test.jsonl", _amc, "id"),
-    "aqua/test": ("aqua/test.jsonl", _aqua, None),
-    "asdiv/test": ("asdiv/test.jsonl", _asdiv, "idx"),
-    "carp_en/demo": ("carp_en/demo.json", _carp, None),
-    "carp_en/test": ("carp_en/test.jsonl", _carp, None),
-    "cmath/test": ("cmath/test.jsonl", _cmath, None),
-    "cn_middle_school/test": ("cn_middle_school/test.jsonl", _choice_or_answer, "idx"),
-    "college_math/test": ("college_math/test.jsonl", _plain, None),
-    "gaokao2023en/test": ("gaokao2023en/test.jsonl", _plain, None),
-    "gaokao2024_I/test": ("gaokao2024_I/test.jsonl", _plain, None),
-    "gaokao2024_II/test": ("gaokao2024_II/test.jsonl", _plain, None),
-    "gaokao2024_mix/test": ("gaokao2024_mix/test.jsonl", _choice_or_answer, "idx"),
-    "gaokao_math_cloze/test": ("gaokao_math_cloze/test.jsonl", _gaokao_cloze, None),
-    "gaokao_math_qa/test": ("gaokao_math_qa/test.jsonl", _gaokao_qa, None),
-    "gsm8k/test": ("gsm8k/test.jsonl", _gsm8k, "idx"),
-    "gsm8k/train": ("gsm8k/train.jsonl", _gsm8k, "idx"),
-    "math/test": ("math/test.jsonl", _math, "unique_id"),
-    "math/train": ("math/train.jsonl", _math, None),
-    "math500/test": ("math500/test.jsonl", _math, "unique_id"),
-    "mawps/addsub": ("mawps/addsub.jsonl", _mawps, None),
-    "mawps/multiarith": ("mawps/multiarith.jsonl", _mawps, None),
-    "mawps/singleeq": ("mawps/singleeq.jsonl", _mawps, None),
-    "mawps/singleop": ("mawps/singleop.jsonl", _mawps, None),
-    "mawps/test": ("mawps/test.jsonl", _mawps, "idx"),
-    "minerva_math/test": ("minerva_math/test.jsonl", _minerva, "idx"),
-    "mmlu_stem/test": ("mmlu_stem/test.jsonl", _mmlu, None),
-    "olympiadbench/test": ("olympiadbench/test.jsonl", _olympiad, "id"),
-    "sat_math/test": ("sat_math/test.jsonl", _sat, "id"),
-    "svamp/test": ("svamp/test.jsonl", _svamp, "ID"),
+# dataset folder -> its row layout.
+LAYOUTS: dict[str, Callable[[dict], dict]] = {
+    "aime24": _aime, "amc23": _amc, "aqua": _aqua, "asdiv": _asdiv, "carp_en": _carp,
+    "cmath": _cmath, "cn_middle_school": _choice_or_answer, "college_math": _plain,
+    "gaokao2023en": _plain, "gaokao2024_I": _plain, "gaokao2024_II": _plain,
+    "gaokao2024_mix": _choice_or_answer, "gaokao_math_cloze": _plain,
+    "gaokao_math_qa": _gaokao_qa, "gsm8k": _gsm8k, "math": _math, "math500": _math,
+    "mawps": _mawps, "minerva_math": _minerva, "mmlu_stem": _mmlu,
+    "olympiadbench": _olympiad, "sat_math": _sat, "svamp": _svamp,
+}
+
+# source name -> (file relative to the data directory, id field or None). The layout is the
+# one of the source's folder (LAYOUTS), and so are the gold rules (``gold.gold_answer``).
+SOURCES: dict[str, tuple[str, str | None]] = {
+    "aime24/test": ("aime24/test.jsonl", "id"),
+    "amc23/test": ("amc23/test.jsonl", "id"),
+    "aqua/test": ("aqua/test.jsonl", None),
+    "asdiv/test": ("asdiv/test.jsonl", "idx"),
+    "carp_en/demo": ("carp_en/demo.json", None),
+    "carp_en/test": ("carp_en/test.jsonl", None),
+    "cmath/test": ("cmath/test.jsonl", None),
+    "cn_middle_school/test": ("cn_middle_school/test.jsonl", "idx"),
+    "college_math/test": ("college_math/test.jsonl", None),
+    "gaokao2023en/test": ("gaokao2023en/test.jsonl", None),
+    "gaokao2024_I/test": ("gaokao2024_I/test.jsonl", None),
+    "gaokao2024_II/test": ("gaokao2024_II/test.jsonl", None),
+    "gaokao2024_mix/test": ("gaokao2024_mix/test.jsonl", "idx"),
+    "gaokao_math_cloze/test": ("gaokao_math_cloze/test.jsonl", None),
+    "gaokao_math_qa/test": ("gaokao_math_qa/test.jsonl", None),
+    "gsm8k/test": ("gsm8k/test.jsonl", "idx"),
+    "gsm8k/train": ("gsm8k/train.jsonl", "idx"),
+    "math/test": ("math/test.jsonl", "unique_id"),
+    "math/train": ("math/train.jsonl", None),
+    "math500/test": ("math500/test.jsonl", "unique_id"),
+    "mawps/addsub": ("mawps/addsub.jsonl", None),
+    "mawps/multiarith": ("mawps/multiarith.jsonl", None),
+    "mawps/singleeq": ("mawps/singleeq.jsonl", None),
+    "mawps/singleop": ("mawps/singleop.jsonl", None),
+    "mawps/test": ("mawps/test.jsonl", "idx"),
+    "minerva_math/test": ("minerva_math/test.jsonl", "idx"),
+    "mmlu_stem/test": ("mmlu_stem/test.jsonl", None),
+    "olympiadbench/test": ("olympiadbench/test.jsonl", "id"),
+    "sat_math/test": ("sat_math/test.jsonl", "id"),
+    "svamp/test": ("svamp/test.jsonl", "ID"),
 }
 
 TRAIN_SOURCES = ("gsm8k/train", "math/train")
@@ -248,35 +202,65 @@ TRAIN_SOURCES = ("gsm8k/train", "math/train")
 BENCHMARK_SOURCES = tuple(name for name in SOURCES if name not in TRAIN_SOURCES)
 
 
-def convert_rows(name: str, path, rows, bad_rows: records.BadRows) -> list[Problem]:
-  """Maps (line, raw row) pairs of source ``name`` to Problems; bad rows go to ``bad_rows``."""
-  _, converter, id_field = SOURCES[name]
+def to_problem(row: dict, name: str, row_id=0) -> Problem:
+  """One raw row of source (or dataset folder) ``name`` as a Problem with id "<name>/<row_id>".
+
+  Raises KeyError (a missing field), ``gold.GoldError``, TypeError or ValueError for a row its
+  dataset cannot read. Emptiness is not checked here (``convert_rows`` does).
+  """
+  dataset = gold.base_name(name)
+  if dataset not in LAYOUTS:
+    raise KeyError(f"unknown dataset {dataset!r}; known: {sorted(LAYOUTS)}")
+  fields = LAYOUTS[dataset](row)
+  question = fields.pop("question")
+  if not isinstance(question, str):
+    raise TypeError(f"question is a {type(question).__name__}, not text")
+  return Problem(id=f"{name}/{row_id}", dataset=name, question=question.strip(),
+                 answer=gold.gold_answer(row, dataset), **fields)
+
+
+def convert_rows(name: str, path, rows, bad_rows: records.BadRows, *,
+                 keep_empty_answers: bool = False) -> list[Problem]:
+  """Maps (line, raw row) pairs of source ``name`` to Problems; bad rows go to ``bad_rows``.
+
+  A row whose gold answer is empty is bad ("empty answer") unless ``keep_empty_answers``.
+  """
+  id_field = SOURCES[name][1]
   problems = []
   for line_no, row in rows:
     where = f"{path}:{line_no}"
+    row_id = row.get(id_field) if id_field else None
     try:
-      fields = converter(row)
+      problem = to_problem(row, name, line_no - 1 if row_id is None else row_id)
+    except gold.MissingFieldError as e:
+      bad_rows.add("missing field", where, f"field {e.field!r}")
+      continue
     except KeyError as e:
       bad_rows.add("missing field", where, f"field {e.args[0]!r}")
       continue
     except (TypeError, ValueError, IndexError, AttributeError) as e:
       bad_rows.add("malformed field", where, str(e))
       continue
-    if not isinstance(fields["question"], str) or not fields["question"].strip():
+    if not problem.question:
       bad_rows.add("empty question", where)
       continue
-    if not str(fields["answer"]).strip():
+    if not problem.answer.strip() and not keep_empty_answers:
       bad_rows.add("empty answer", where)
       continue
-    row_id = row.get(id_field) if id_field else None
-    row_id = line_no - 1 if row_id is None else row_id
-    fields["answer"] = str(fields["answer"])
-    problems.append(Problem(id=f"{name}/{row_id}", dataset=name, **fields))
+    problems.append(problem)
   return problems
 
 
+def path_of(name: str, data_dir=None):
+  """The file of source ``name`` (a key of SOURCES) in the data directory."""
+  if name not in SOURCES:
+    raise KeyError(f"unknown source {name!r}; known: {sorted(SOURCES)}")
+  return paths.require_data_dir(data_dir) / SOURCES[name][0]
+
+
 def load(name: str, data_dir=None, *, strict: bool = False,
-         bad_rows: records.BadRows | None = None) -> list[Problem]:
+         bad_rows: records.BadRows | None = None,
+         keep_empty_answers: bool = False) -> list[Problem]:
   """All problems of source ``name`` (a key of SOURCES), in file order.
 
   Args:
@@ -284,12 +268,15 @@ def load(name: str, data_dir=None, *, strict: bool = False,
     data_dir: the data directory (config value); None resolves it as ``paths`` does.
     strict: raise ``records.BadRowError`` (naming file and line) at the first bad row.
     bad_rows: report to add bad rows to; a fresh one is made when None.
+    keep_empty_answers: keep rows whose gold answer is empty (answer "") instead of counting
+      them as bad, so that every row of the file has its place in the list.
   """
-  if name not in SOURCES:
-    raise KeyError(f"unknown source {name!r}; known: {sorted(SOURCES)}")
+  path = path_of(name, data_dir)
+  if not path.is_file():
+    raise FileNotFoundError(f"source {name!r}: {path} does not exist")
   bad_rows = bad_rows if bad_rows is not None else records.BadRows(strict=strict)
-  path = paths.require_data_dir(data_dir) / SOURCES[name][0]
-  return convert_rows(name, path, records.read_jsonl(path, bad_rows), bad_rows)
+  return convert_rows(name, path, records.read_jsonl(path, bad_rows), bad_rows,
+                      keep_empty_answers=keep_empty_answers)
 
 
 def load_jsonl_problems(path, *, strict: bool = False,

@@ -1,22 +1,26 @@
-"""The benchmark registry over the data directory (see its MANIFEST.md).
+"""The benchmark registry: which source each benchmark reads, its rules, and its report group.
 
-Each benchmark names one jsonl file and the dataset whose gold/prompt rules apply. Rows are read
-directly (JSON lines, UTF-8); a bad line raises an error naming the file and line.
+Rows are read by ``qmath_jax.data.sources`` (the one reader of the data directory; see its
+MANIFEST.md), strictly: a bad line raises ``records.BadRowError`` naming the file and line.
+What is evaluation's own lives here: names, groups, the report's averages, and the problem as
+it is prompted and graded.
 """
 
 import dataclasses
-import json
 import pathlib
 
+from qmath_jax.data import gold
 from qmath_jax.data import paths
-from qmath_jax.evaluation import gold
+from qmath_jax.data import records
+from qmath_jax.data import sources
+from qmath_jax.evaluation import prompts
 
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
   """One evaluation file. `kind` is the dataset whose rules (gold, prompt) apply."""
   name: str
-  path: str
+  source: str  # a key of `sources.SOURCES`
   kind: str
   group: str   # "en", "zh", "competition", "extra" or "train"
 
@@ -27,45 +31,45 @@ class Problem:
   dataset: str
   index: int       # row position in the file (0-based); the resume key
   id: str
-  question: str
+  question: str    # the user turn: statement plus lettered options (`prompts.question_text`)
   gold: str
   choice: bool     # answered with letters A-E
 
 
-def _bench(name, path, group, kind=None):
-  return Benchmark(name=name, path=path, kind=kind or name, group=group)
+def _bench(name, source, group, kind=None):
+  return Benchmark(name=name, source=source, kind=kind or name, group=group)
 
 
 BENCHMARKS = {b.name: b for b in (
-    _bench("gsm8k", "gsm8k/test.jsonl", "en"),
-    _bench("math", "math/test.jsonl", "en"),
-    _bench("minerva_math", "minerva_math/test.jsonl", "en"),
-    _bench("gaokao2023en", "gaokao2023en/test.jsonl", "en"),
-    _bench("olympiadbench", "olympiadbench/test.jsonl", "en"),
-    _bench("college_math", "college_math/test.jsonl", "en"),
-    _bench("mmlu_stem", "mmlu_stem/test.jsonl", "en"),
-    _bench("gaokao2024_mix", "gaokao2024_mix/test.jsonl", "zh"),
-    _bench("cmath", "cmath/test.jsonl", "zh"),
-    _bench("cn_middle_school", "cn_middle_school/test.jsonl", "zh"),
-    _bench("aime24", "aime24/test.jsonl", "competition"),
-    _bench("amc23", "amc23/test.jsonl", "competition"),
-    _bench("math500", "math500/test.jsonl", "extra"),
-    _bench("gaokao2024_I", "gaokao2024_I/test.jsonl", "extra"),
-    _bench("gaokao2024_II", "gaokao2024_II/test.jsonl", "extra"),
-    _bench("gaokao_math_cloze", "gaokao_math_cloze/test.jsonl", "extra"),
-    _bench("gaokao_math_qa", "gaokao_math_qa/test.jsonl", "extra"),
-    _bench("aqua", "aqua/test.jsonl", "extra"),
-    _bench("sat_math", "sat_math/test.jsonl", "extra"),
-    _bench("asdiv", "asdiv/test.jsonl", "extra"),
-    _bench("svamp", "svamp/test.jsonl", "extra"),
-    _bench("carp_en", "carp_en/test.jsonl", "extra"),
-    _bench("mawps", "mawps/test.jsonl", "extra"),
-    _bench("mawps_addsub", "mawps/addsub.jsonl", "extra", kind="mawps"),
-    _bench("mawps_multiarith", "mawps/multiarith.jsonl", "extra", kind="mawps"),
-    _bench("mawps_singleeq", "mawps/singleeq.jsonl", "extra", kind="mawps"),
-    _bench("mawps_singleop", "mawps/singleop.jsonl", "extra", kind="mawps"),
-    _bench("gsm8k_train", "gsm8k/train.jsonl", "train", kind="gsm8k"),
-    _bench("math_train", "math/train.jsonl", "train", kind="math"),
+    _bench("gsm8k", "gsm8k/test", "en"),
+    _bench("math", "math/test", "en"),
+    _bench("minerva_math", "minerva_math/test", "en"),
+    _bench("gaokao2023en", "gaokao2023en/test", "en"),
+    _bench("olympiadbench", "olympiadbench/test", "en"),
+    _bench("college_math", "college_math/test", "en"),
+    _bench("mmlu_stem", "mmlu_stem/test", "en"),
+    _bench("gaokao2024_mix", "gaokao2024_mix/test", "zh"),
+    _bench("cmath", "cmath/test", "zh"),
+    _bench("cn_middle_school", "cn_middle_school/test", "zh"),
+    _bench("aime24", "aime24/test", "competition"),
+    _bench("amc23", "amc23/test", "competition"),
+    _bench("math500", "math500/test", "extra"),
+    _bench("gaokao2024_I", "gaokao2024_I/test", "extra"),
+    _bench("gaokao2024_II", "gaokao2024_II/test", "extra"),
+    _bench("gaokao_math_cloze", "gaokao_math_cloze/test", "extra"),
+    _bench("gaokao_math_qa", "gaokao_math_qa/test", "extra"),
+    _bench("aqua", "aqua/test", "extra"),
+    _bench("sat_math", "sat_math/test", "extra"),
+    _bench("asdiv", "asdiv/test", "extra"),
+    _bench("svamp", "svamp/test", "extra"),
+    _bench("carp_en", "carp_en/test", "extra"),
+    _bench("mawps", "mawps/test", "extra"),
+    _bench("mawps_addsub", "mawps/addsub", "extra", kind="mawps"),
+    _bench("mawps_multiarith", "mawps/multiarith", "extra", kind="mawps"),
+    _bench("mawps_singleeq", "mawps/singleeq", "extra", kind="mawps"),
+    _bench("mawps_singleop", "mawps/singleop", "extra", kind="mawps"),
+    _bench("gsm8k_train", "gsm8k/train", "train", kind="gsm8k"),
+    _bench("math_train", "math/train", "train", kind="math"),
 )}
 
 # The report's averages (SPEC "Reported results"): the 7 English and 3 Chinese benchmarks.
@@ -84,37 +88,15 @@ def get(name: str) -> Benchmark:
 
 
 def read_rows(path: pathlib.Path) -> list[dict]:
-  """All JSON rows of a jsonl file; a bad line raises ValueError naming file and line."""
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from e
-      if not isinstance(row, dict):
-        raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-      rows.append(row)
-  return rows
+  """All raw JSON rows of a jsonl file; a bad line raises ``records.BadRowError`` at file:line."""
+  return [row for _, row in records.read_jsonl(path, records.BadRows(strict=True))]
 
 
-def problems_from_rows(rows: list[dict], name: str, kind: str | None = None,
-                       source: str = "<rows>") -> list[Problem]:
-  """Problems of one dataset from raw rows; errors name `source` and the line."""
-  kind = kind or name
-  out = []
-  for index, row in enumerate(rows):
-    try:
-      out.append(Problem(
-          dataset=name, index=index,
-          id=str(row.get("unique_id", row.get("id", row.get("idx", row.get("ID", index))))),
-          question=gold.question_text(row, kind), gold=gold.gold_answer(row, kind),
-          choice=gold.is_choice(row, kind)))
-    except gold.GoldError as e:
-      raise ValueError(f"{source}: row {index + 1}: {e}") from e
-  return out
+def to_eval_problem(problem: sources.Problem, name: str, index: int, kind: str) -> Problem:
+  """A source problem as benchmark `name` prompts and grades it (`kind`'s choice rule)."""
+  return Problem(dataset=name, index=index, id=problem.id,
+                 question=prompts.question_text(problem), gold=problem.answer,
+                 choice=gold.answer_is_choice(problem.answer, kind))
 
 
 def load(name: str, data_dir=None, limit: int | None = None,
@@ -125,13 +107,10 @@ def load(name: str, data_dir=None, limit: int | None = None,
   (gaokao2023en has two such rows); `Problem.index` stays the row position.
   """
   bench = get(name)
-  path = paths.require_data_dir(data_dir) / bench.path
-  if not path.is_file():
-    raise FileNotFoundError(f"benchmark {name!r}: {path} does not exist")
-  rows = read_rows(path)
+  rows = sources.load(bench.source, data_dir, strict=True, keep_empty_answers=True)
   if limit is not None:
     rows = rows[:limit]
-  problems = problems_from_rows(rows, name, bench.kind, source=str(path))
+  problems = [to_eval_problem(p, name, index, bench.kind) for index, p in enumerate(rows)]
   return problems if keep_empty_gold else [p for p in problems if p.gold.strip()]
 
 
@@ -141,4 +120,4 @@ def available(data_dir=None, groups=None) -> list[str]:
   if root is None:
     return []
   return [n for n, b in BENCHMARKS.items()
-          if (groups is None or b.group in groups) and (root / b.path).is_file()]
+          if (groups is None or b.group in groups) and sources.path_of(b.source, root).is_file()]

@@ -1,49 +1,21 @@
 """Final-answer extraction from a model response.
 
-Order (SPEC, "Inference and evaluation"): the last `\\boxed{...}` (brace-balanced), else the text
-after the last "the answer is" / "final answer is" / "答案是", else the last number. Multiple-choice
-problems take letters A-E. The result is normalised with `normalize_answer`.
+Order (SPEC, "Inference and evaluation"): the last `\\boxed{...}` (brace-balanced, read by
+`qmath_jax.data.gold.last_boxed`), else the text after the last "the answer is" / "final answer
+is" / "答案是", else the last number. Multiple-choice problems take letters A-E. The result is
+normalised with `normalize_answer`.
 """
 
 import re
 
+from qmath_jax.data import gold
 from qmath_jax.evaluation import normalize
 
-# Datasets whose every problem is multiple choice; others decide per problem (see gold.py).
-CHOICE_DATASETS = frozenset({"aqua", "sat_math", "mmlu_stem", "gaokao_math_qa"})
-
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
 _ANSWER_PHRASES = re.compile(r"(?:final answer is|the answer is|answer is|答案是|答案为|答案:)",
                              re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?|-?\.\d+")
 _LETTER = re.compile(r"(?<![A-Za-z\\])([A-E])(?![A-Za-z])")
 _LETTER_LIST = re.compile(r"^[\s(]*[A-E](?:[\s,、和与and)(]*[A-E])*[\s,.)]*$")
-
-
-def last_boxed(text: str) -> str | None:
-  """Content of the last `\\boxed{...}` / `\\fbox{...}` (brace-balanced), or of `\\boxed x`."""
-  start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
-  if start < 0:
-    return None
-  i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
-  while i < len(text) and text[i] == " ":
-    i += 1
-  if i >= len(text) or text[i] != "{":
-    m = re.match(r"([^\s$]+)", text[i:])
-    return m.group(1) if m else None
-  depth, j = 0, i
-  while j < len(text):
-    if text[j] == "\\":   # \{ and \} are literal braces, not groups
-      j += 2
-      continue
-    if text[j] == "{":
-      depth += 1
-    elif text[j] == "}":
-      depth -= 1
-      if depth == 0:
-        return text[i + 1:j]
-    j += 1
-  return None
 
 
 def _after_answer_phrase(text: str) -> str | None:
@@ -74,14 +46,15 @@ def extract_answer(text: str, data_name: str = "math", *, choice: bool | None = 
 
   Args:
     text: a model response (or a reference solution).
-    data_name: dataset name; multiple-choice datasets (CHOICE_DATASETS) answer with letters.
+    data_name: dataset name; multiple-choice datasets (``gold.CHOICE_DATASETS``) answer with
+      letters.
     choice: overrides the dataset default, for sets that mix choice and open problems
       (gaokao2024_*, cn_middle_school, gaokao2024_mix decide per problem).
   """
   if choice is None:
-    choice = data_name in CHOICE_DATASETS
+    choice = gold.base_name(data_name) in gold.CHOICE_DATASETS
   text = text or ""
-  span = last_boxed(text)
+  span = gold.last_boxed(text)
   if span is None:
     span = _after_answer_phrase(text)
   if choice:

@@ -74,6 +74,20 @@ _CHINESE_EXEMPLARS = (
 )
 
 
+def question_text(problem) -> str:
+  """The user turn's text for a ``qmath_jax.data.sources.Problem``: its statement, then its
+  options as ``(A) ... (B) ...`` (after "Answer Choices:", or "选项：" for gaokao_math_qa).
+  """
+  if not problem.choices:
+    return problem.question
+  options = []
+  for option in problem.choices:
+    letter, _, text = option.partition(". ")
+    options.append(f"({letter}) {text.strip()}")
+  label = "选项：" if problem.dataset.split("/")[0] == "gaokao_math_qa" else "Answer Choices: "
+  return f"{problem.question}\n{label}{' '.join(options)}"
+
+
 def uses_few_shot(data_name: str, choice: bool) -> bool:
   """SPEC: aqua/sat_math/mmlu_stem always; the Chinese sets only when the gold is a letter."""
   name = data_name.split("/")[0]
