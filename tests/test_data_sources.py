@@ -102,6 +102,48 @@ def test_last_boxed_is_brace_balanced():
   assert gold.last_boxed("\\boxed{unclosed") is None
 
 
+def test_last_boxed_treats_escaped_braces_as_text():
+  assert gold.last_boxed("so \\boxed{\\{1, 2\\}}.") == "\\{1, 2\\}"
+  assert gold.last_boxed("\\boxed{x \\} y}") == "x \\} y"
+  assert gold.last_boxed("\\boxed{\\{} and more") == "\\{"
+  assert gold.last_boxed("The result is \\boxed 5 apples") == "5"
+
+
+def test_strip_dollars_only_around_one_formula():
+  assert gold.strip_dollars(" $\\frac{1}{2}$ ") == "\\frac{1}{2}"
+  assert gold.strip_dollars("$5$;$10$") == "$5$;$10$"
+  assert gold.strip_dollars("$\\$ 3040$") == "\\$ 3040"
+  assert gold.strip_dollars("$(0, 1)$.") == "$(0, 1)$."
+
+
+def test_gold_rows_with_an_empty_answer_are_bad_unless_kept(tmp_path):
+  _write(tmp_path / "gaokao2023en" / "test.jsonl", [
+      json.dumps({"question": "Find $x$.", "answer": "$3$"}),
+      json.dumps({"question": "Prove it.", "answer": ""}),
+      json.dumps({"question": "Find $y$.", "answer": "$\\frac{1}{2}$"})])
+  bad_rows = records.BadRows()
+  problems = sources.load("gaokao2023en/test", tmp_path, bad_rows=bad_rows)
+  assert [p.answer for p in problems] == ["3", "\\frac{1}{2}"]
+  assert bad_rows.counts == {"empty answer": 1}
+  assert "test.jsonl:2" in bad_rows.examples["empty answer"][0]
+  kept = sources.load("gaokao2023en/test", tmp_path, strict=True, keep_empty_answers=True)
+  assert [(p.id, p.answer) for p in kept] == [
+      ("gaokao2023en/test/0", "3"), ("gaokao2023en/test/1", ""),
+      ("gaokao2023en/test/2", "\\frac{1}{2}")]
+
+
+def test_one_row_to_problem_and_unknown_dataset():
+  problem = sources.to_problem({"Body": "Ann has 3 pens", "Question": "How many?",
+                                "Answer": 3.0}, "svamp", row_id=4)
+  assert (problem.id, problem.question, problem.answer) == (
+      "svamp/4", "Ann has 3 pens. How many?", "3")
+  with pytest.raises(KeyError, match="unknown dataset"):
+    sources.to_problem({"question": "q", "answer": "1"}, "nope")
+  with pytest.raises(gold.MissingFieldError, match="'target'") as raised:
+    sources.to_problem({"input": "q"}, "mawps/addsub")
+  assert raised.value.field == "target"
+
+
 def test_every_manifest_file_loads(data_dir):
   expected_rows = {"aime24/test": 30, "gsm8k/train": 7473, "gsm8k/test": 1319, "math/test": 5000,
                    "mmlu_stem/test": 3018, "olympiadbench/test": 675, "mawps/test": 2065,

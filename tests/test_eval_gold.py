@@ -68,6 +68,24 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path):
     benchmarks.load("gsm8k", data_dir=tmp_path)
 
 
+def test_registry_reads_through_sources_and_keeps_row_positions(tmp_path):
+  for bench in benchmarks.BENCHMARKS.values():
+    assert bench.source in sources.SOURCES, bench
+    assert gold.base_name(bench.source) == bench.kind, bench
+  path = tmp_path / "sat_math" / "test.jsonl"
+  path.parent.mkdir()
+  rows = [{"id": "0", "question": "Pick one.", "options": "A) $1$ B) 2", "Answer": "B"},
+          {"id": "1", "question": "No gold.", "options": "A) 1 B) 2", "Answer": ""},
+          {"id": "2", "question": "Pick again.", "options": "A) 3 B) 4", "Answer": "A"}]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  problems = benchmarks.load("sat_math", data_dir=tmp_path)
+  assert [(p.index, p.id, p.gold, p.choice) for p in problems] == [
+      (0, "sat_math/test/0", "B", True), (2, "sat_math/test/2", "A", True)]
+  assert problems[0].question == "Pick one.\nAnswer Choices: (A) $1$ (B) 2"
+  assert len(benchmarks.load("sat_math", data_dir=tmp_path, keep_empty_gold=True)) == 3
+  assert [p.index for p in benchmarks.load("sat_math", data_dir=tmp_path, limit=2)] == [0]
+
+
 def test_every_registered_file_loads_with_golds(data_dir):
   names = benchmarks.available(data_dir)
   assert set(names) == set(benchmarks.BENCHMARKS)

@@ -7,6 +7,7 @@ are rendered as earlier user/assistant turns of the same conversation.
 """
 
 from qmath_jax.data import chat
+from qmath_jax.data import gold
 
 COT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 TIR_SYSTEM = ("Please integrate natural language reasoning with programs to solve the problem "
@@ -84,13 +85,13 @@ def question_text(problem) -> str:
   for option in problem.choices:
     letter, _, text = option.partition(". ")
     options.append(f"({letter}) {text.strip()}")
-  label = "选项：" if problem.dataset.split("/")[0] == "gaokao_math_qa" else "Answer Choices: "
+  label = "选项：" if gold.base_name(problem.dataset) == "gaokao_math_qa" else "Answer Choices: "
   return f"{problem.question}\n{label}{' '.join(options)}"
 
 
 def uses_few_shot(data_name: str, choice: bool) -> bool:
   """SPEC: aqua/sat_math/mmlu_stem always; the Chinese sets only when the gold is a letter."""
-  name = data_name.split("/")[0]
+  name = gold.base_name(data_name)
   return name in FEW_SHOT_ENGLISH or (choice and name in FEW_SHOT_CHINESE_IF_CHOICE)
 
 
@@ -101,7 +102,7 @@ def build_messages(question: str, data_name: str, prompt_type: str = "cot",
     raise ValueError(f"prompt_type {prompt_type!r} is not one of {sorted(SYSTEM_PROMPTS)}")
   messages = [{"role": "system", "content": SYSTEM_PROMPTS[prompt_type]}]
   if uses_few_shot(data_name, choice):
-    name = data_name.split("/")[0]
+    name = gold.base_name(data_name)
     exemplars = _ENGLISH_EXEMPLARS if name in FEW_SHOT_ENGLISH else _CHINESE_EXEMPLARS
     for q, cot, tir in exemplars[:NUM_SHOTS]:
       messages.append({"role": "user", "content": q})
