@@ -336,10 +336,19 @@ def run(config, workdir: str) -> dict:
   return STAGES[config.stage](config, workdir)
 
 
+class _QuietLibraries(py_logging.Filter):
+  """Drops INFO lines of orbax and JAX internals (every checkpoint logs dozens)."""
+
+  def filter(self, record):
+    quiet = ("/orbax/", "/jax/_src/")
+    return record.levelno >= py_logging.WARNING or not any(q in record.pathname for q in quiet)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  py_logging.getLogger("absl").setLevel(py_logging.INFO)
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   distributed.initialize()
   config = _CONFIG.value
   try:
