@@ -184,3 +184,13 @@ def test_problem_jsonl_round_trip(tmp_path):
   sources.write_jsonl(problems, tmp_path / "p.jsonl")
   assert sources.load_jsonl_problems(tmp_path / "p.jsonl") == problems
   assert not (tmp_path / "p.jsonl.tmp").exists()
+
+
+def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+  path = tmp_path / "out" / "rows.jsonl"
+  records.write_jsonl([{"q": "数"}, {"q": 2}], path)
+  assert path.read_text(encoding="utf-8") == '{"q": "数"}\n{"q": 2}\n'
+  with pytest.raises(UnicodeEncodeError):
+    records.write_atomic(path, "half\ud800")   # a lone surrogate cannot be UTF-8
+  assert path.read_text(encoding="utf-8") == '{"q": "数"}\n{"q": 2}\n'
+  assert sorted(p.name for p in path.parent.iterdir()) == ["rows.jsonl"]

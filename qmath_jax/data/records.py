@@ -1,4 +1,4 @@
-"""Reading jsonl rows and accounting for the bad ones.
+"""Reading jsonl rows and accounting for the bad ones; writing files whole (temp name + rename).
 
 A bad row (invalid JSON, a missing or empty field, an example longer than the sequence length)
 is never dropped silently: it is counted in a ``BadRows`` report, with its file and line, or,
@@ -9,6 +9,8 @@ import collections
 import dataclasses
 import json
 import os
+import pathlib
+import tempfile
 from collections.abc import Iterator
 
 
@@ -69,3 +71,29 @@ def read_jsonl(path: str | os.PathLike, bad_rows: BadRows) -> Iterator[tuple[int
         bad_rows.add("not a JSON object", where, type(row).__name__)
         continue
       yield line_no, row
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+  """Writes ``data`` to ``path`` through a temporary file in the same directory and a rename.
+
+  A reader sees the old file or the whole new one, never half; on failure the temporary file
+  is removed and the old file (if any) is left as it was.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data.encode("utf-8") if isinstance(data, str) else data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_jsonl(rows, path: str | os.PathLike) -> None:
+  """Writes dicts one JSON object a line (UTF-8, not escaped), atomically."""
+  write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

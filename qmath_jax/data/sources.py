@@ -296,9 +296,4 @@ def load_jsonl_problems(path, *, strict: bool = False,
 
 def write_jsonl(problems, path) -> None:
   """Writes Problems (or plain dicts) one JSON object a line, via a temp name and a rename."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for p in problems:
-      f.write(json.dumps(p.to_dict() if isinstance(p, Problem) else p, ensure_ascii=False))
-      f.write("\n")
-  os.replace(tmp, path)
+  records.write_jsonl((p.to_dict() if isinstance(p, Problem) else p for p in problems), path)

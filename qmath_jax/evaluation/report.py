@@ -4,32 +4,14 @@ Every file is written to a temporary name and renamed, so a reader never sees ha
 """
 
 import json
-import os
 import pathlib
-import tempfile
 
+from qmath_jax.data import records
 from qmath_jax.evaluation import benchmarks
 
 RESULTS_JSON = "eval_results.json"
 REPORT_MD = "eval_report.md"
 SCORES_PNG = "eval_scores.png"
-
-
-def write_atomic(path, data: str | bytes) -> None:
-  """Writes `data` to `path` through a temporary file in the same directory and a rename."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data.encode("utf-8") if isinstance(data, str) else data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def metric_label(metric: str, n: int) -> str:
@@ -89,6 +71,6 @@ def bar_chart_png(results: dict) -> bytes:
 
 def write_all(workdir, results: dict) -> None:
   workdir = pathlib.Path(workdir)
-  write_atomic(workdir / RESULTS_JSON, json.dumps(results, indent=2, ensure_ascii=False))
-  write_atomic(workdir / REPORT_MD, markdown_table(results))
-  write_atomic(workdir / SCORES_PNG, bar_chart_png(results))
+  records.write_atomic(workdir / RESULTS_JSON, json.dumps(results, indent=2, ensure_ascii=False))
+  records.write_atomic(workdir / REPORT_MD, markdown_table(results))
+  records.write_atomic(workdir / SCORES_PNG, bar_chart_png(results))

@@ -15,6 +15,7 @@ import os
 import pathlib
 from collections.abc import Callable, Sequence
 
+from qmath_jax.data import records
 from qmath_jax.evaluation import benchmarks
 from qmath_jax.evaluation import extract
 from qmath_jax.evaluation import grader
@@ -72,7 +73,7 @@ def _load_samples(path: pathlib.Path, fingerprint: dict) -> dict[int, dict]:
   if not path.exists():
     return {}
   lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-  records, kept = {}, []
+  cached, kept = {}, []
   for line_no, line in enumerate(lines, 1):
     try:
       record = json.loads(line)
@@ -83,16 +84,16 @@ def _load_samples(path: pathlib.Path, fingerprint: dict) -> dict[int, dict]:
     if record.get("config") != fingerprint:
       raise ValueError(f"{path}:{line_no}: made with eval settings {record.get('config')}, "
                        f"not {fingerprint}; use another workdir or delete the file")
-    records[record["index"]] = record
+    cached[record["index"]] = record
     kept.append(line if line.endswith("\n") else line + "\n")
   if len(kept) != len(lines) or (lines and not lines[-1].endswith("\n")):
-    report.write_atomic(path, "".join(kept))
-  return records
+    records.write_atomic(path, "".join(kept))
+  return cached
 
 
-def _append(path: pathlib.Path, records: list[dict]) -> None:
+def _append(path: pathlib.Path, new: list[dict]) -> None:
   """Appends whole lines in one write, flushed to disk."""
-  text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+  text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
   with open(path, "a", encoding="utf-8") as f:
     f.write(text)
     f.flush()
@@ -139,15 +140,15 @@ def sample_dataset(sampler, problems: list[benchmarks.Problem], kind: str, confi
   return [done[i] for i in sorted(done) if i in wanted]
 
 
-def dataset_scores(records: list[dict], ks: Sequence[int]) -> dict:
+def dataset_scores(samples: list[dict], ks: Sequence[int]) -> dict:
   """Mean of each per-problem score over a dataset, in percent, plus the problem count."""
-  if not records:
+  if not samples:
     return {"num_problems": 0}
   per_problem = [metrics.problem_scores(r["preds"], r["correct"], r.get("scores"), ks)
-                 for r in records]
+                 for r in samples]
   keys = per_problem[0].keys()
   out = {k: 100.0 * sum(p[k] for p in per_problem) / len(per_problem) for k in keys}
-  out["num_problems"] = len(records)
+  out["num_problems"] = len(samples)
   return out
 
 
@@ -166,9 +167,9 @@ def run_eval(sampler, workdir, config: EvalConfig, score_fn: ScoreFn | None = No
   for name in config.datasets:
     bench = benchmarks.get(name)
     problems = benchmarks.load(name, config.data_dir, config.limit)
-    records = sample_dataset(sampler, problems, bench.kind, config,
-                             workdir / "samples" / f"{name}.jsonl", score_fn)
-    per_dataset[name] = dataset_scores(records, config.pass_k)
+    done = sample_dataset(sampler, problems, bench.kind, config,
+                          workdir / "samples" / f"{name}.jsonl", score_fn)
+    per_dataset[name] = dataset_scores(done, config.pass_k)
   metric = headline_metric(config, score_fn is not None)
   results = {
       "config": {**config.fingerprint(), "datasets": list(config.datasets),
