@@ -8,7 +8,9 @@ writes the summary to a file. Every case runs in one go:
 FLOP convention: a causal forward counts half of the full 4*b*h*l*l*d
 (2*b*h*l*l*d); forward+backward counts 2.5 times that forward. Packed rows are
 counted like unpacked causal rows, so their TFLOP/s is "causal-equivalent" and
-shows directly whether packing costs more or less than one causal sequence.
+shows directly whether packing costs more or less than one causal sequence;
+`work_fraction` (sum of squared document lengths over l^2) gives the share of
+that work the documents actually need.
 cuDNN through `jax.nn.dot_product_attention` takes no segment ids, so it has no
 packed figures; XLA materialises the [l, l] scores and runs only at length 4096.
 
@@ -39,12 +41,12 @@ FORWARD_CANDIDATES = [
     dict(block_q=128, block_k=64, forward_warps=4, forward_stages=3),
 ]
 BACKWARD_CANDIDATES = [
+    dict(block_q_dkv=64, block_k_dkv=64, block_q_dq=64, block_k_dq=64, backward_warps=4,
+         backward_stages=2),
     dict(block_q_dkv=64, block_k_dkv=128, block_q_dq=128, block_k_dq=64, backward_warps=8,
          backward_stages=2),
     dict(block_q_dkv=32, block_k_dkv=128, block_q_dq=128, block_k_dq=32, backward_warps=4,
          backward_stages=3),
-    dict(block_q_dkv=64, block_k_dkv=64, block_q_dq=64, block_k_dq=64, backward_warps=4,
-         backward_stages=2),
 ]
 LAUNCH_FIELDS = ("forward_warps", "forward_stages", "backward_warps", "backward_stages")
 
@@ -65,6 +67,16 @@ def packed_segment_ids(batch, length, seed=0):
       doc += 1
     rows.append(ids[:length])
   return jnp.asarray(np.array(rows, np.int32))
+
+
+def causal_work_fraction(segment_ids):
+  """Share of an unpacked causal row's score work that packed documents need: sum(n_i^2) / l^2."""
+  ids = np.asarray(segment_ids)
+  fractions = []
+  for row in ids:
+    _, counts = np.unique(row, return_counts=True)
+    fractions.append(float(np.sum(counts.astype(np.float64) ** 2) / len(row) ** 2))
+  return float(np.mean(fractions))
 
 
 def time_call(fn, args, min_seconds=0.05, reps=5):
@@ -121,6 +133,9 @@ def measure(impl, shape_name, length, packed, tiling=None, interpret=False, head
   record = dict(impl=impl, shape=shape_name, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
                 batch=batch, length=length, packed=packed, dtype=jnp.dtype(dtype).name,
                 tiling=tiling or None)
+  if packed:
+    # Needed work relative to an unpacked causal row; TFLOP/s stay causal-equivalent.
+    record["work_fraction"] = causal_work_fraction(segment_ids)
   try:
     attend = make_attention(impl, segment_ids, tiling or {}, interpret)
     forward = jax.jit(attend)

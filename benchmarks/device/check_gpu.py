@@ -23,8 +23,8 @@ from qmath_jax import kernels
 CASES = [
     (2, 1000, 28, 4, 128, "bfloat16", True, False),
     (2, 1000, 28, 4, 128, "bfloat16", True, True),
-    (1, 4096, 12, 2, 128, "bfloat16", True, True),
     (2, 384, 7, 1, 64, "float32", True, True),
+    (1, 4096, 12, 2, 128, "bfloat16", True, True),
     (2, 200, 4, 2, 64, "float32", False, True),
     (1, 512, 8, 8, 128, "bfloat16", False, False),
 ]
@@ -88,6 +88,8 @@ def main(argv=None):
     cases = [(1, min(c[1], 200), min(c[2], 8), min(c[3], 8) if c[2] > 8 else c[3], c[4], c[5],
               c[6], c[7]) for c in CASES[:4]]
   results = []
+  # JSON lines as each case ends, so a run cut short still leaves its results.
+  stream = open(args.out + "l", "w") if args.out else None
   for seed, case in enumerate(cases):
     try:
       result = check_case(case, seed, args.interpret)
@@ -95,8 +97,12 @@ def main(argv=None):
       result = dict(case=list(case), passed=False,
                     error=f"{type(error).__name__}: {str(error)[:400]}")
     print(json.dumps(result), flush=True)
+    if stream is not None:
+      stream.write(json.dumps(result) + "\n")
+      stream.flush()
     results.append(result)
   if args.out:
+    stream.close()
     with open(args.out + ".tmp", "w") as handle:
       json.dump(dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__,
                      results=results), handle, indent=1)

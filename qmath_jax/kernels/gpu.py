@@ -29,7 +29,9 @@ SQ = pl.squeezed
 
 @dataclasses.dataclass(frozen=True)
 class LaunchSettings:
-  """Triton launch settings; None picks a default from head_dim.
+  """Triton launch settings; None picks the default (measured best on an H200, see
+  BENCHMARKS.md): forward 8 warps (4 for head_dim <= 64) and 3 stages, backward
+  4 warps and 2 stages.
 
   Attributes:
     forward_warps: warps per program of the forward kernel.
@@ -48,8 +50,11 @@ def _default_warps(head_dim):
 
 
 def _dot(a, b, *, trans_a=False, trans_b=False):
+  """2-D product with fp32 accumulation; fp32 operands stay full precision (no tf32)."""
   precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-  return pl.dot(a, b, trans_a=trans_a, trans_b=trans_b, precision=precision)
+  dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
+  return jax.lax.dot_general(a, b, dims, precision=precision,
+                             preferred_element_type=jnp.float32)
 
 
 def _mask(q_pos, k_pos, q_seg, k_seg, causal):
@@ -295,7 +300,7 @@ def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_s
   has_segments = segment_ids is not None
   # delta[b, h, i] = sum_d out * d_out: the softmax Jacobian's row term.
   delta = jnp.einsum("blhd,blhd->bhl", out.astype(jnp.float32), d_out.astype(jnp.float32))
-  params = plgpu.CompilerParams(num_warps=launch.backward_warps or _default_warps(head_dim),
+  params = plgpu.CompilerParams(num_warps=launch.backward_warps or 4,
                                 num_stages=launch.backward_stages or 2)
   scale_log2 = sm_scale * LOG2_E
 
