@@ -39,7 +39,7 @@ def base_name(dataset: str) -> str:
   return dataset.split("/")[0]
 
 
-def field(row: dict, name: str, dataset: str):
+def _field(row: dict, name: str, dataset: str):
   """``row[name]``, or ``MissingFieldError`` when it is absent or null."""
   if name not in row or row[name] is None:
     raise MissingFieldError(dataset, name, row)
@@ -98,14 +98,14 @@ def strip_dollars(text) -> str:
 
 
 def _boxed_in_solution(row, dataset):
-  boxed = last_boxed(str(field(row, "solution", dataset)))
+  boxed = last_boxed(str(_field(row, "solution", dataset)))
   if boxed is None:
     raise GoldError(f"{dataset}: solution has no \\boxed answer")
   return boxed
 
 
 def _gsm8k(row, dataset):
-  solution = str(field(row, "answer", dataset))
+  solution = str(_field(row, "answer", dataset))
   if "####" not in solution:
     raise GoldError(f"{dataset}: answer has no '####' line")
   return solution.split("####")[-1].strip().replace(",", "")
@@ -118,13 +118,13 @@ def _math(row, dataset):
 
 
 def _olympiad(row, dataset):
-  answers = field(row, "final_answer", dataset)
+  answers = _field(row, "final_answer", dataset)
   answers = answers if isinstance(answers, list) else [answers]
   return ", ".join(strip_dollars(a) for a in answers)
 
 
 def _mmlu(row, dataset):
-  index = field(row, "answer", dataset)
+  index = _field(row, "answer", dataset)
   count = min(len(row.get("choices") or CHOICE_LETTERS), len(CHOICE_LETTERS))
   if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
     raise GoldError(f"{dataset}: answer index {index!r} is outside the {count} choices")
@@ -132,30 +132,36 @@ def _mmlu(row, dataset):
 
 
 def _letter_field(name):
-  return lambda row, dataset: str(field(row, name, dataset)).strip()
+  return lambda row, dataset: str(_field(row, name, dataset)).strip()
 
 
 def _number_field(name):
-  return lambda row, dataset: number_text(field(row, name, dataset))
+  return lambda row, dataset: number_text(_field(row, name, dataset))
 
 
 def _dollar_field(name):
-  return lambda row, dataset: strip_dollars(field(row, name, dataset))
+  return lambda row, dataset: strip_dollars(_field(row, name, dataset))
 
 
 def _choice_or_answer(row, dataset):
   if row.get("choice_answer"):
     return str(row["choice_answer"]).strip()
-  return strip_dollars(field(row, "answer", dataset))
+  return strip_dollars(_field(row, "answer", dataset))
 
 
 def _asdiv(row, dataset):
   """``"9 (apples)"`` -> ``"9"``: the unit in parentheses is dropped."""
-  return re.sub(r"\s*\(.*?\)", "", str(field(row, "answer", dataset))).strip()
+  return re.sub(r"\s*\(.*?\)", "", str(_field(row, "answer", dataset))).strip()
 
 
-# dataset folder -> fn(row, dataset) -> gold answer text. Others read "answer" as a number/text.
+_ANSWER_FIELD = _number_field("answer")
+
+# dataset folder -> fn(row, dataset) -> gold answer text; a folder not listed reads "answer".
 _GOLD = {
+    "aime24": _ANSWER_FIELD,
+    "amc23": _ANSWER_FIELD,
+    "cmath": _ANSWER_FIELD,
+    "carp_en": _ANSWER_FIELD,
     "gsm8k": _gsm8k,
     "math": _math,
     "math500": _math,
@@ -181,7 +187,7 @@ _GOLD = {
 def gold_answer(row: dict, dataset: str) -> str:
   """The gold final answer of one row as a string (the grader normalises it further)."""
   name = base_name(dataset)
-  return _GOLD.get(name, _number_field("answer"))(row, name)
+  return _GOLD.get(name, _ANSWER_FIELD)(row, name)
 
 
 def answer_is_choice(answer: str, dataset: str) -> bool:
