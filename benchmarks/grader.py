@@ -31,7 +31,7 @@ import time
 from qmath_jax.data import paths
 from qmath_jax.evaluation import benchmarks
 from qmath_jax.evaluation import extract_answer
-from qmath_jax.evaluation import gold
+from qmath_jax.data import gold
 from qmath_jax.evaluation import latex_expr
 from qmath_jax.evaluation import math_equal
 from qmath_jax.evaluation import normalize
