@@ -23,32 +23,34 @@ def test_last_token_index():
 def test_score_reads_the_last_token_and_ignores_padding():
   rm = reward_model.make_reward_model(CFG)
   tokens = jnp.array([[5, 6, 7, 0, 0, 0]], jnp.int32)
-  params = nn.unbox(rm.init(jax.random.key(0), tokens)["params"])
+  params = jax.jit(lambda rng: nn.unbox(rm.init(rng, tokens)["params"]))(jax.random.key(0))
   assert set(params) == {"backbone", "score_head"}
-  short = rm.apply({"params": params}, tokens[:, :3], None, jnp.ones((1, 3), jnp.int32))
-  padded = rm.apply({"params": params}, tokens, None, jnp.array([[1, 1, 1, 0, 0, 0]]))
-  other_pad = rm.apply({"params": params}, tokens.at[0, 3:].set(9), None,
-                       jnp.array([[1, 1, 1, 0, 0, 0]]))
-  assert short.shape == (1,) and short.dtype == jnp.float32
-  np.testing.assert_allclose(padded, short, rtol=1e-5)
-  np.testing.assert_allclose(other_pad, short, rtol=1e-5)
-  # The score is the head on the backbone's final hidden state at the last token.
-  _, hidden = Transformer(CFG).apply({"params": params["backbone"]}, tokens[:, :3],
-                                     return_hidden=True)
-  head = params["score_head"]
+  score = jax.jit(lambda p, t, s: rm.apply({"params": p}, t, None, s))
+  pad_ids = jnp.array([[1, 1, 1, 0, 0, 0]], jnp.int32)
+  padded = score(params, tokens, pad_ids)
+  other_pad = score(params, tokens.at[0, 3:].set(9), pad_ids)
+  assert padded.shape == (1,) and padded.dtype == jnp.float32
+  np.testing.assert_allclose(other_pad, padded, rtol=1e-5)
+  # The score is the head on the backbone's final hidden state at the last real token.
+  _, hidden = jax.jit(lambda p, t: Transformer(CFG).apply({"params": p}, t, None, pad_ids,
+                                                          return_hidden=True))(
+                                                              params["backbone"], tokens)
+  head = jax.tree.map(np.asarray, params["score_head"])
   h = np.maximum(np.asarray(hidden[0, 2]) @ head["dense"]["kernel"] + head["dense"]["bias"], 0)
-  np.testing.assert_allclose(short[0], h @ head["out"]["kernel"][:, 0] + head["out"]["bias"][0],
+  np.testing.assert_allclose(padded[0], h @ head["out"]["kernel"][:, 0] + head["out"]["bias"][0],
                              rtol=1e-5)
 
 
 def test_with_backbone_takes_sft_params_and_rejects_mismatches():
   rm = reward_model.make_reward_model(CFG)
-  params = nn.unbox(rm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
-  sft = nn.unbox(Transformer(CFG).init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"])
+  tokens = jnp.zeros((1, 4), jnp.int32)
+  shapes = lambda module: jax.eval_shape(
+      lambda: nn.unbox(module.init(jax.random.key(0), tokens)["params"]))
+  params = shapes(rm)
+  sft = shapes(Transformer(CFG))
   merged = reward_model.with_backbone(params, sft)
   assert merged["backbone"] is sft and merged["score_head"] is params["score_head"]
-  other = nn.unbox(Transformer(CFG.replace(hidden_size=48)).init(
-      jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"])
+  other = shapes(Transformer(CFG.replace(hidden_size=48)))
   with pytest.raises(ValueError, match=r"backbone parameter .*embedding.*\(64, 48\)"):
     reward_model.with_backbone(params, other)
 
