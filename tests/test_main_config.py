@@ -1,0 +1,99 @@
+"""Bad config values fail before any compute with a message naming the field."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import pytest
+
+from qmath_jax import config_validation
+from qmath_jax import main
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "configs",
+                                                                   f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _run_expecting(config, tmp_path, *messages):
+  workdir = tmp_path / "run"
+  with pytest.raises(config_validation.ConfigError) as e:
+    main.run(config, str(workdir))
+  for message in messages:
+    assert message in str(e.value)
+  assert not workdir.exists()  # Nothing was built or written.
+  return str(e.value)
+
+
+def test_every_shipped_config_validates():
+  for name, arg in (("demo", None), ("demo", "quick=1"), ("pretrain", None),
+                    ("sft", "model=qwen2.5-math-72b"), ("sft_r1", None), ("sft_r2", None)):
+    config = load_config(name, arg)
+    if config.stage != "pipeline":  # Real rounds need real inputs; give stand-in paths.
+      config.data.source = __file__
+      config.tokenizer.path = __file__
+    config_validation.validate(config, main.STAGES, jax.device_count())
+
+
+def test_sft_numbers_follow_spec():
+  for model, batch, lr in (("qwen2.5-math-1.5b", 128, 2e-5), ("qwen2.5-math-7b", 128, 2e-5),
+                           ("qwen2.5-math-72b", 256, 5e-6)):
+    config = load_config("sft", f"model={model}")
+    assert (config.data.batch_size, config.optim.lr, config.optim.end_lr) == (batch, lr, 7e-7)
+    assert (config.data.num_epochs, config.data.seq_len, config.model.preset) == (3, 4096, model)
+  assert load_config("sft_r2", "model=qwen2.5-math-1.5b").round == 2
+  with pytest.raises(ValueError, match="model='tiny'"):
+    load_config("sft", "model=tiny")
+  with pytest.raises(ValueError, match="rounds"):
+    load_config("sft", "rounds=2")
+
+
+def test_unknown_stage(tmp_path):
+  config = load_config("demo", "quick=1")
+  config.stage = "distill"
+  _run_expecting(config, tmp_path, "config.stage: unknown stage 'distill'", "pipeline",
+                 "pretrain", "sft")
+
+
+def test_missing_init_checkpoint_and_wrong_types(tmp_path):
+  config = ml_collections.ConfigDict(load_config("demo", "quick=1").sft.to_dict())
+  config.data.source = "synthetic"
+  config.tokenizer.train_vocab_size = 300
+  config.init.checkpoint = str(tmp_path / "no_such_run")
+  raw = config.to_dict()
+  raw["train"]["total_steps"] = "100"    # a string where an integer belongs
+  raw["optim"]["lr"] = "fast"
+  raw["mesh"]["shape"] = (3, 1, 1)       # 3 does not divide 8 devices
+  message = _run_expecting(ml_collections.ConfigDict(raw), tmp_path,
+                           "config.init.checkpoint: no checkpoint in",
+                           "config.train.total_steps: expected an integer, got '100'",
+                           "config.optim.lr: expected a number, got 'fast'",
+                           "config.mesh.shape:")
+  assert message.count("\n") == 4  # one line per problem
+
+
+def test_pipeline_stage_errors_name_the_sub_config(tmp_path):
+  config = load_config("demo", "quick=1")
+  config.sft.data.batch_size = 12  # not divisible over 8 data shards
+  config.sft.init.checkpoint = "pretrain"  # an earlier stage: fine
+  _run_expecting(config, tmp_path, "config.sft.data.batch_size: 12 rows do not split")
+
+
+def test_command_line_bad_value_exits_before_compute(tmp_path):
+  workdir = tmp_path / "run"
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  proc = subprocess.run(
+      [sys.executable, "-m", "qmath_jax.main", "--config=configs/demo.py:quick=1",
+       f"--workdir={workdir}", "--config.pretrain.train.total_steps=0"],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "config.pretrain.train.total_steps: expected an integer >= 1, got 0" in proc.stderr
+  assert not workdir.exists()
