@@ -65,3 +65,19 @@ class TableTokenizer:
 
   def decode(self, ids: Sequence[int]) -> str:
     return "".join(self.table[i] for i in ids)
+
+
+def perturbed_params(cfg, seed: int = 0, scale: float = 0.1):
+  """Fresh parameters plus noise on every leaf, so norms and biases are not ones and zeros."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from qmath_jax.model import init_params  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def make(key, noise_key):
+    params = init_params(cfg, key)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(noise_key, len(leaves))
+    return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype)
+                                     for x, k in zip(leaves, keys)])
+
+  return make(jax.random.key(seed), jax.random.key(seed + 1))

@@ -1,0 +1,136 @@
+"""Stop strings (also across token boundaries), end-of-sequence ids, finish reasons, buckets, errors."""
+
+import numpy as np
+import pytest
+
+from qmath_jax.model import get_config
+from qmath_jax.sampling import sampler as sampler_lib
+from qmath_jax.sampling import stops
+from qmath_jax.sampling.sampler import Sampler, bucket
+from qmath_jax.sampling.testing import TableTokenizer, default_table, perturbed_params
+
+PROMPTS = ["x=1+2", "abc def gh(", "7*8"]
+NEW = 12
+TABLE = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "ab", "c`", "``", "`\n", "d", "`"]
+SMALL = TableTokenizer(TABLE)
+IDS = {s: i for i, s in enumerate(TABLE)}
+
+
+def test_first_stop_spanning_tokens():
+  ids = [IDS["ab"], IDS["c`"], IDS["``"], IDS["d"]]  # "abc```d": "```" ends inside token 2
+  assert stops.first_stop(SMALL.decode, ids, ["```"]) == (3, 3, "```")
+  assert stops.first_stop(SMALL.decode, ids, ["zz"]) is None
+  # The earliest-starting stop string wins, whichever token completed it.
+  assert stops.first_stop(SMALL.decode, ids, ["```d", "c`"]) == (2, 2, "c`")
+  # Already-checked prefixes are not searched again, but the answer is the same.
+  assert stops.first_stop(SMALL.decode, ids, ["```"], checked=2) == (3, 3, "```")
+
+
+def test_completion_finish_reasons():
+  decode = SMALL.decode
+  eos = (IDS["<|im_end|>"],)
+  ids = [IDS["ab"], IDS["c`"], IDS["``"], IDS["d"], IDS["<|im_end|>"], IDS["d"]]
+  lps = [-0.1, -0.2, -0.3, -0.4, -0.5, -0.6]
+  by_stop = stops.completion(decode, ids, lps, eos, ["```"], 10)
+  assert (by_stop.text, by_stop.token_ids, by_stop.logprobs) == ("abc", ids[:3], lps[:3])
+  assert (by_stop.finish_reason, by_stop.stop) == ("stop", "```")
+  by_eos = stops.completion(decode, ids, lps, eos, ["zz"], 10)
+  assert (by_eos.text, by_eos.token_ids, by_eos.finish_reason) == ("abc```d", ids[:5], "stop")
+  assert by_eos.stop == "<|im_end|>" and by_eos.logprobs == lps[:5]
+  by_length = stops.completion(decode, ids, lps, eos, ["```"], 2)
+  assert (by_length.text, by_length.token_ids, by_length.finish_reason) == ("abc`", ids[:2],
+                                                                             "length")
+  assert by_length.stop is None
+  # A stop string after the end-of-sequence id does not count.
+  late = stops.completion(decode, ids, lps, eos, ["d<|im_end|>d"], 10)
+  assert (late.finish_reason, late.stop, late.token_ids) == ("stop", "<|im_end|>", ids[:5])
+
+
+def test_buckets():
+  assert [bucket(x) for x in (1, 16, 17, 24, 25, 33, 48, 49, 100, 2048)] == [
+      16, 16, 24, 24, 32, 48, 48, 64, 128, 2048]
+
+
+@pytest.fixture(scope="module")
+def model():
+  cfg = get_config("tiny")
+  params = perturbed_params(cfg)
+  return cfg, params, default_table(cfg.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def free_run(model):
+  """Greedy completions with no stop at all (the reference the stop tests cut)."""
+  cfg, params, table = model
+  out = Sampler(cfg, params, TableTokenizer(table, eos_ids=())).generate(PROMPTS,
+                                                                        max_new_tokens=NEW)
+  return [group[0] for group in out]
+
+
+def _spanning_stop(table, ids):
+  """(stop string, tokens that complete it) spanning a boundary, first found in the text there."""
+  text = "".join(table[i] for i in ids)
+  ends = np.cumsum([len(table[i]) for i in ids])
+  for t in range(2, len(ids)):
+    candidate = text[ends[t - 1] - 1:ends[t - 1] + 1]  # last char of token t-1, first of t
+    if len(candidate) == 2 and text.find(candidate) == ends[t - 1] - 1:
+      return candidate, t + 1
+  raise AssertionError("no boundary-spanning stop string found")
+
+
+@pytest.mark.parametrize("interval", [32, 4], ids=["one_chunk", "chunks_of_4"])
+def test_stop_string_spanning_tokens_stops_there(model, free_run, interval):
+  cfg, params, table = model
+  stop, tokens = _spanning_stop(table, free_run[1].token_ids)
+  sampler = Sampler(cfg, params, TableTokenizer(table, eos_ids=()), stop_check_interval=interval)
+  out = sampler.generate(PROMPTS, max_new_tokens=NEW, stop=[stop, "no such text"])
+  got = out[1][0]
+  assert got.finish_reason == "stop" and got.stop == stop
+  assert got.token_ids == free_run[1].token_ids[:tokens]
+  assert got.text == free_run[1].text[:free_run[1].text.find(stop)]
+  assert len(got.logprobs) == tokens
+  np.testing.assert_allclose(got.logprobs, free_run[1].logprobs[:tokens], atol=1e-6)
+  for other, ref in ((out[0][0], free_run[0]), (out[2][0], free_run[2])):
+    if stop not in ref.text:  # rows without the stop string run to the length limit
+      assert other.finish_reason == "length" and other.token_ids == ref.token_ids
+
+
+def test_end_of_sequence_id_stops_row(model, free_run):
+  cfg, params, table = model
+  ids = free_run[0].token_ids
+  at = next(i for i in range(3, NEW) if ids[i] not in ids[:i])  # first occurrence at i
+  before = dict(sampler_lib.TRACES)
+  sampler = Sampler(cfg, params, TableTokenizer(table, eos_ids=(ids[at], 250)))
+  got = sampler.generate(PROMPTS, max_new_tokens=NEW)[0][0]
+  assert dict(sampler_lib.TRACES) == before  # another tokenizer's eos ids: no recompile
+  assert got.token_ids == ids[:at + 1] and got.finish_reason == "stop"
+  assert got.stop == table[ids[at]] and got.text == "".join(table[i] for i in ids[:at])
+
+
+def test_similar_calls_reuse_compiled_functions(model, free_run):
+  cfg, params, table = model
+  sampler = Sampler(cfg, params, TableTokenizer(table, eos_ids=()))
+  before = dict(sampler_lib.TRACES)
+  # Other prompt count and lengths, other max_new_tokens, same buckets (4 groups, 16, 16).
+  out = sampler.generate(["ab", "q(x)=1", "1", "y"], max_new_tokens=NEW - 3)
+  out += sampler.generate(["zz", "1", "2+2=4"], max_new_tokens=NEW + 2)
+  assert dict(sampler_lib.TRACES) == before
+  assert [len(c[0].token_ids) for c in out] == [NEW - 3] * 4 + [NEW + 2] * 3
+  assert all(c[0].finish_reason == "length" for c in out)
+
+
+def test_bad_arguments_are_named(model):
+  cfg, params, table = model
+  sampler = Sampler(cfg, params, TableTokenizer(table, eos_ids=()))
+  with pytest.raises(ValueError, match="prompt 1 is empty"):
+    sampler.generate(["ab", ""])
+  with pytest.raises(ValueError, match="prompt 0 has 5 tokens; with max_new_tokens=4092"):
+    sampler.generate(["x=1+2"], max_new_tokens=4092)
+  with pytest.raises(ValueError, match="top_p=0"):
+    sampler.generate(["ab"], top_p=0.0)
+  with pytest.raises(ValueError, match="non-empty strings"):
+    sampler.generate(["ab"], stop=[""])
+  with pytest.raises(ValueError, match="prompt 0 holds token id 999"):
+    sampler.generate_ids([[1, 999]])
+  with pytest.raises(ValueError, match="lm_head has shape"):
+    Sampler(cfg, dict(params, lm_head=params["lm_head"][:, :10]), sampler.tokenizer)
