@@ -110,10 +110,14 @@ def test_shard_batch_rejects_mismatched_leading_dims():
     parallel.shard_batch({"a": np.zeros((4, 2))}, mesh)
 
 
-def test_distributed_initialize_single_process_and_partial_config(monkeypatch):
+def _clear_cluster_env(monkeypatch):
   for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
-               distributed.ENV_PROCESS_ID):
+               distributed.ENV_PROCESS_ID, "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS"):
     monkeypatch.delenv(name, raising=False)
+
+
+def test_distributed_initialize_single_process_and_partial_config(monkeypatch):
+  _clear_cluster_env(monkeypatch)
   assert distributed.initialize() is False
   monkeypatch.setenv(distributed.ENV_COORDINATOR, "localhost:1234")
   with pytest.raises(ValueError, match="missing"):
@@ -123,6 +127,35 @@ def test_distributed_initialize_single_process_and_partial_config(monkeypatch):
   monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "two")
   with pytest.raises(ValueError, match="QMATH_NUM_PROCESSES"):
     distributed.initialize()
+
+
+def test_distributed_initialize_on_a_tpu_pod_uses_jax_cluster_detection(monkeypatch):
+  """A TPU pod cannot run here: jax.distributed.initialize is replaced by a recorder."""
+  _clear_cluster_env(monkeypatch)
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(distributed, "_initialized", False)
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1v-0")  # one host: single process
+  assert distributed.initialize() is False and not calls
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1v-0,t1v-1,t1v-2,t1v-3")
+  assert distributed.initialize() is True
+  assert calls == [{"initialization_timeout": 300}]  # no address: JAX reads the pod
+  assert distributed.initialize() is True and len(calls) == 1  # once only
+
+
+def test_distributed_initialize_from_environment(monkeypatch):
+  _clear_cluster_env(monkeypatch)
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(distributed, "_initialized", False)
+  monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
+  monkeypatch.setenv(distributed.ENV_COORDINATOR, "10.0.0.1:8476")
+  monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "4")
+  monkeypatch.setenv(distributed.ENV_PROCESS_ID, "3")
+  assert distributed.initialize() is True
+  assert calls[-1] == {"coordinator_address": "10.0.0.1:8476", "num_processes": 4,
+                       "process_id": 3, "initialization_timeout": 300}
+  assert ("jax_cpu_collectives_implementation", "gloo") in calls
 
 
 def test_batch_shards():

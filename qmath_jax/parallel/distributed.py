@@ -3,8 +3,9 @@
 Resolution order for each setting: explicit argument, then the environment variables
 QMATH_COORDINATOR_ADDRESS ("host:port"), QMATH_NUM_PROCESSES, QMATH_PROCESS_ID. With none of
 them set:
-  * `auto=True` calls `jax.distributed.initialize()` with no arguments, which detects the
-    cluster itself (TPU pod slices, SLURM, Open MPI);
+  * on a multi-host TPU slice (TPU_WORKER_HOSTNAMES lists more than one host) or a SLURM job
+    of several tasks, or with `auto=True`, it calls `jax.distributed.initialize()` with no
+    arguments, which reads the cluster's own description;
   * otherwise the run stays single-process and nothing is initialised.
 On CPU, cross-process collectives use gloo (set before initialising).
 """
@@ -41,7 +42,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     coordinator_address: "host:port" of process 0's coordinator.
     num_processes: processes in the run.
     process_id: this process's index in [0, num_processes).
-    auto: with nothing configured, let JAX detect the cluster (TPU pods, SLURM).
+    auto: with nothing configured, let JAX detect the cluster even when
+      `cluster_detected()` sees none.
     cpu_collectives: collectives implementation for the CPU backend ("gloo" or "mpi").
     timeout_s: seconds to wait for every process to join.
 
@@ -64,7 +66,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
            "process_id": process_id}
   if all(v is None for v in given.values()):
-    if not auto:
+    if not (auto or cluster_detected()):
       return False
     jax.distributed.initialize(initialization_timeout=timeout_s)
     _initialized = True
@@ -82,6 +84,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                              initialization_timeout=timeout_s)
   _initialized = True
   return True
+
+
+def cluster_detected() -> bool:
+  """True on a multi-host TPU slice or a SLURM job with more than one task."""
+  hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+  if len(hosts) > 1:
+    return True
+  tasks = os.environ.get("SLURM_NTASKS", "")
+  return tasks.isdigit() and int(tasks) > 1
 
 
 def _platforms_include_cpu() -> bool:
