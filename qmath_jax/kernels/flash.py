@@ -28,6 +28,10 @@ DEFAULT_BLOCK_SIZES = {
                              block_q_dq=512, block_k_dq=512),
 }
 
+# Smallest block a short sequence is cut to: Triton's dot needs 16 rows; Mosaic tiles
+# segment ids and residuals with the sequence along 128 lanes.
+MIN_BLOCK = {"gpu": 16, "tpu": 128}
+
 
 @dataclasses.dataclass(frozen=True)
 class _KernelConfig:
@@ -91,9 +95,11 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None, ba
     k: `[batch, length, kv_heads, head_dim]`; heads must be a multiple of kv_heads.
     v: `[batch, length, kv_heads, head_dim]`.
     segment_ids: int `[batch, length]`; a token attends only to tokens with its id.
-      Padding may use its own id (e.g. 0); its rows come out finite.
+      Padding may use its own id (e.g. 0); its rows come out finite. The id
+      `blocks.PAD_SEGMENT_ID` (int32 min) is reserved for the wrapper's own padding.
     causal: mask keys after the query position.
-    sm_scale: score scale; defaults to `head_dim ** -0.5` (pass 1.0 if q is pre-scaled).
+    sm_scale: score scale, a Python number; defaults to `head_dim ** -0.5` (pass 1.0 if q
+      is pre-scaled).
     backend: 'tpu', 'gpu', 'reference' or 'auto' (see `resolve_backend`).
     interpret: run the Pallas kernel in interpret mode (CPU).
     block_sizes: `blocks.BlockSizes`, else the backend's default.
@@ -115,7 +121,7 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None, ba
     block_sizes = DEFAULT_BLOCK_SIZES[backend]
   length = q.shape[1]
   # Blocks no longer than the (rounded-up) sequence, so short inputs pad little.
-  block_sizes = _fit_blocks(block_sizes, length)
+  block_sizes = _fit_blocks(block_sizes, length, MIN_BLOCK[backend])
   padded = blocks.padded_length(length, block_sizes)
   if padded != length:
     pad = [(0, 0), (0, padded - length), (0, 0), (0, 0)]
@@ -123,7 +129,7 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None, ba
     if segment_ids is not None or not causal:
       # Padded keys must be masked; under causal alone they follow every real query.
       if segment_ids is None:
-        segment_ids = jnp.zeros(q.shape[:2][:1] + (length,), jnp.int32)
+        segment_ids = jnp.zeros((q.shape[0], length), jnp.int32)
       segment_ids = jnp.pad(segment_ids, [(0, 0), (0, padded - length)],
                             constant_values=blocks.PAD_SEGMENT_ID)
   config = _KernelConfig(backend=backend, causal=causal, sm_scale=float(sm_scale),
@@ -133,9 +139,9 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None, ba
   return out[:, :length]
 
 
-def _fit_blocks(block_sizes, length):
-  """Caps every block at the length rounded up to a power of two (at least 16)."""
-  cap = max(16, 1 << (max(length, 1) - 1).bit_length())
+def _fit_blocks(block_sizes, length, min_block):
+  """Caps every block at the length rounded up to a power of two (at least min_block)."""
+  cap = max(min_block, 1 << (max(length, 1) - 1).bit_length())
   return blocks.BlockSizes(**{f.name: min(getattr(block_sizes, f.name), cap)
                               for f in dataclasses.fields(block_sizes)})
 
