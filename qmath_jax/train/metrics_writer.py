@@ -109,10 +109,7 @@ class MetricsWriter:
       self._tb.flush()
     if log:
       line = format_log_line(step, self.total_steps, row)
-      if self._bar is not None:
-        self._bar.write(line)  # Prints above the bar without breaking it.
-      else:
-        logging.info("%s", line)
+      logging.info("%s", line)
 
   def advance(self, step: int):
     """Moves the progress bar to `step`."""
