@@ -16,7 +16,7 @@ def test_cot_prompt_is_chatml_with_the_spec_system_prompt():
 
 def test_tir_prompt_uses_the_tir_system_prompt():
   text = prompts.build_prompt("What is 1+1?", "math", "tir")
-  assert text.startswith(chat.render_turn("system", prompts.TIR_SYSTEM))
+  assert text.startswith(chat.render_turn("system", chat.TIR_SYSTEM))
   assert "integrate natural language reasoning with programs" in text
 
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from qmath_jax.data import chat
 from qmath_jax.evaluation import benchmarks
 from qmath_jax.evaluation import metrics
-from qmath_jax.evaluation import prompts
 from qmath_jax.evaluation import report
 from qmath_jax.evaluation import runner
 from qmath_jax.sampling import types
@@ -194,7 +194,7 @@ def test_every_dataset_slice_end_to_end(data_dir, tmp_path, prompt_type):
   for name, scores in results["datasets"].items():
     assert scores["acc"] == 100.0 and scores["pass@1"] == 50.0, (name, scores)
   assert set(results["averages"]) == {"en_avg", "zh_avg", "all_avg"}
-  system = prompts.SYSTEM_PROMPTS[prompt_type]
+  system = chat.SYSTEM_PROMPTS[prompt_type]
   assert all(p.startswith(f"<|im_start|>system\n{system}<|im_end|>")
              for c in sampler.calls for p in c["prompts"])
   assert (tmp_path / report.SCORES_PNG).stat().st_size > 1000

@@ -3,7 +3,8 @@
     <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n
     <|im_start|>assistant\n{answer}<|im_end|>\n
 
-A message is a dict ``{"role": "system" | "user" | "assistant", "content": str}``.
+A message is a dict ``{"role": "system" | "user" | "assistant", "content": str}``. The CoT and
+TIR system prompts (SPEC) are the ones training data and evaluation prompts both use.
 """
 
 from collections.abc import Sequence
@@ -12,6 +13,11 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 ENDOFTEXT = "<|endoftext|>"
 ROLES = ("system", "user", "assistant")
+
+COT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+TIR_SYSTEM = ("Please integrate natural language reasoning with programs to solve the problem "
+              "above, and put your final answer within \\boxed{}.")
+SYSTEM_PROMPTS = {"cot": COT_SYSTEM, "tir": TIR_SYSTEM}
 
 
 def render_turn(role: str, content: str) -> str:

@@ -44,7 +44,6 @@ most ``seq_len`` tokens rather than skipped.
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Sequence
 
@@ -52,12 +51,9 @@ import grain
 import numpy as np
 
 from qmath_jax.data import chat
+from qmath_jax.data import gold
 from qmath_jax.data import records
 from qmath_jax.data import sources
-
-COT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-TIR_SYSTEM = ("Please integrate natural language reasoning with programs to solve the problem "
-              "above, and put your final answer within \\boxed{}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +221,7 @@ def rm_pipeline(lists: Sequence[dict], tokenizer, cfg: PipelineConfig,
 
 
 def rl_pipeline(problems: Sequence[sources.Problem], tokenizer, cfg: PipelineConfig, *,
-                max_prompt_length: int | None = None, system: str = COT_SYSTEM) -> Pipeline:
+                max_prompt_length: int | None = None, system: str = chat.COT_SYSTEM) -> Pipeline:
   """Problems -> left-padded ChatML prompts [B, P] with their gold answers.
 
   ``P`` is ``max_prompt_length`` (default ``cfg.seq_len``); longer prompts are bad rows.
@@ -269,12 +265,12 @@ def cot_response(problem: sources.Problem) -> str:
   text = problem.solution.strip()
   if "####" in text:
     text = _CALCULATOR.sub("", text.rsplit("####", 1)[0]).strip()
-  if sources.last_boxed(text) is None:
+  if gold.last_boxed(text) is None:
     text = f"{text}\nThe answer is $\\boxed{{{problem.answer}}}$.".strip()
   return text
 
 
-def prompt_messages(problem: sources.Problem, system: str = COT_SYSTEM) -> list[dict]:
+def prompt_messages(problem: sources.Problem, system: str = chat.COT_SYSTEM) -> list[dict]:
   """[system, user] turns asking the problem; multiple-choice options follow the question."""
   question = problem.question
   if problem.choices:
@@ -282,7 +278,8 @@ def prompt_messages(problem: sources.Problem, system: str = COT_SYSTEM) -> list[
   return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
-def sft_conversations(problems: Sequence[sources.Problem], system: str = COT_SYSTEM) -> list[dict]:
+def sft_conversations(problems: Sequence[sources.Problem],
+                      system: str = chat.COT_SYSTEM) -> list[dict]:
   """Problems with solutions -> ``{"id", "messages"}`` SFT examples (CoT template)."""
   return [{"id": p.id, "messages": prompt_messages(p, system) +
            [{"role": "assistant", "content": cot_response(p)}]}
@@ -354,10 +351,7 @@ def _message_problem(messages, need_assistant: bool = True) -> str | None:
 
 def save_state(iterator: grain.DatasetIterator, path) -> None:
   """Writes ``iterator.get_state()`` as JSON via a temp name and a rename."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(iterator.get_state(), f)
-  os.replace(tmp, path)
+  records.write_atomic(path, json.dumps(iterator.get_state()))
 
 
 def restore_state(iterator: grain.DatasetIterator, path) -> None:

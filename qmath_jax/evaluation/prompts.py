@@ -1,4 +1,5 @@
-"""Evaluation prompts in ChatML: CoT and TIR system prompts, zero- or few-shot (SPEC).
+"""Evaluation prompts in ChatML: the CoT or TIR system prompt (``chat.SYSTEM_PROMPTS``), zero- or
+few-shot (SPEC).
 
 Few-shot applies to multiple-choice problems only: aqua, sat_math and mmlu_stem always (5-shot,
 English exemplars); the gaokao sets and cn_middle_school when the gold is a letter (5-shot,
@@ -9,10 +10,6 @@ are rendered as earlier user/assistant turns of the same conversation.
 from qmath_jax.data import chat
 from qmath_jax.data import gold
 
-COT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-TIR_SYSTEM = ("Please integrate natural language reasoning with programs to solve the problem "
-              "above, and put your final answer within \\boxed{}.")
-SYSTEM_PROMPTS = {"cot": COT_SYSTEM, "tir": TIR_SYSTEM}
 FEW_SHOT_ENGLISH = frozenset({"aqua", "sat_math", "mmlu_stem"})
 FEW_SHOT_CHINESE_IF_CHOICE = frozenset({"gaokao2024_I", "gaokao2024_II", "gaokao2024_mix",
                                         "cn_middle_school", "gaokao_math_qa"})
@@ -98,9 +95,9 @@ def uses_few_shot(data_name: str, choice: bool) -> bool:
 def build_messages(question: str, data_name: str, prompt_type: str = "cot",
                    choice: bool = False) -> list[dict]:
   """The conversation for one problem: system, optional exemplar turns, the question."""
-  if prompt_type not in SYSTEM_PROMPTS:
-    raise ValueError(f"prompt_type {prompt_type!r} is not one of {sorted(SYSTEM_PROMPTS)}")
-  messages = [{"role": "system", "content": SYSTEM_PROMPTS[prompt_type]}]
+  if prompt_type not in chat.SYSTEM_PROMPTS:
+    raise ValueError(f"prompt_type {prompt_type!r} is not one of {sorted(chat.SYSTEM_PROMPTS)}")
+  messages = [{"role": "system", "content": chat.SYSTEM_PROMPTS[prompt_type]}]
   if uses_few_shot(data_name, choice):
     name = gold.base_name(data_name)
     exemplars = _ENGLISH_EXEMPLARS if name in FEW_SHOT_ENGLISH else _CHINESE_EXEMPLARS
