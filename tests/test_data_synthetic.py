@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from qmath_jax.data import sources
+from qmath_jax.data import gold
 from qmath_jax.data import synthetic
 
 
@@ -33,7 +33,7 @@ def test_answers_are_exact_and_solutions_end_in_boxed_answer():
   for problem in synthetic.generate(200, seed=1):
     assert problem.answer == str(_evaluate(problem.meta["signature"]))
     assert problem.solution.endswith(f"The answer is $\\boxed{{{problem.answer}}}$.")
-    assert sources.last_boxed(problem.solution) == problem.answer
+    assert gold.last_boxed(problem.solution) == problem.answer
     # Every written step is true arithmetic.
     for a, op, b, c in re.findall(r"(\d+) ([-+*/]) (\d+) = (\d+)", problem.solution):
       assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b),
@@ -51,7 +51,7 @@ def test_tir_solution_code_prints_its_output_block():
     with contextlib.redirect_stdout(printed):
       exec(code, {})  # our own generated arithmetic, no inputs
     assert printed.getvalue().strip() == output == problem.answer
-    assert sources.last_boxed(tir) == problem.answer
+    assert gold.last_boxed(tir) == problem.answer
     assert tir.index("```python") < tir.index("```output") < tir.index("\\boxed")
 
 

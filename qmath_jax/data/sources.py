@@ -19,8 +19,6 @@ The data directory is a config value: ``load(name, data_dir=...)`` resolves it w
 """
 
 import dataclasses
-import json
-import os
 import re
 from collections.abc import Callable
 
@@ -28,9 +26,6 @@ from qmath_jax.data import gold
 from qmath_jax.data import paths
 from qmath_jax.data import records
 
-# The brace-balanced boxed-answer reader is ``gold.last_boxed``; named here for the callers that
-# read solutions through this module (pipelines, synthetic data checks).
-last_boxed = gold.last_boxed
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
