@@ -24,7 +24,6 @@ import argparse
 import collections
 import dataclasses
 import json
-import os
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -103,11 +102,7 @@ class Report:
 
   def write_jsonl(self, path) -> None:
     """One removal per line, via a temp name and a rename."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      for removal in self.removed:
-        f.write(json.dumps(removal.to_dict(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    records.write_jsonl((removal.to_dict() for removal in self.removed), path)
 
 
 class Decontaminator:

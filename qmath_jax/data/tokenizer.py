@@ -18,9 +18,9 @@ directory holding one) -> ``HFTokenizer``; ``*.model`` -> ``SentencePieceTokeniz
 """
 
 import abc
+import io
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import sentencepiece
@@ -28,6 +28,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from qmath_jax.data import chat
+from qmath_jax.data import records
 
 SPECIAL_TOKENS = (chat.ENDOFTEXT, chat.IM_START, chat.IM_END)
 
@@ -163,19 +164,16 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out_path: str | o
   tokens and the distinct characters of ``texts``. The model is written to a temporary name
   and renamed to ``out_path`` (which should end in ``.model``).
   """
-  out_path = pathlib.Path(out_path)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-    prefix = os.path.join(tmp, "spm")
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size,
-        model_type=model_type, user_defined_symbols=list(SPECIAL_TOKENS),
-        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, byte_fallback=True, split_digits=True,
-        normalization_rule_name="identity", add_dummy_prefix=False,
-        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        character_coverage=1.0, seed_sentencepiece_size=seed_sentencepiece_size,
-        max_sentence_length=max_sentence_length, num_threads=1, minloglevel=2)
-    os.replace(prefix + ".model", out_path)
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+      model_type=model_type, user_defined_symbols=list(SPECIAL_TOKENS),
+      unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, byte_fallback=True, split_digits=True,
+      normalization_rule_name="identity", add_dummy_prefix=False,
+      remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+      character_coverage=1.0, seed_sentencepiece_size=seed_sentencepiece_size,
+      max_sentence_length=max_sentence_length, num_threads=1, minloglevel=2)
+  records.write_atomic(out_path, model.getvalue())
   return SentencePieceTokenizer(out_path)
 
 
@@ -198,9 +196,5 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int,
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                 show_progress=False)
   tok.train_from_iterator(texts, trainer)
-  out_path = pathlib.Path(out_path)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out_path.with_name(out_path.name + ".tmp")
-  tok.save(str(tmp))
-  os.replace(tmp, out_path)
+  records.write_atomic(out_path, tok.to_str(pretty=True))
   return HFTokenizer(out_path)
