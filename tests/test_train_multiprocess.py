@@ -19,14 +19,15 @@ WORKER_TIMEOUT_S = 300
 
 def train_losses() -> list[float]:
   """SFT steps on MESH_SHAPE over every process's devices; each process feeds its own rows."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  from qmath_jax import parallel  # pylint: disable=g-import-not-at-top
-  from qmath_jax.model import presets  # pylint: disable=g-import-not-at-top
-  from qmath_jax.model.transformer import Transformer  # pylint: disable=g-import-not-at-top
-  from qmath_jax.train import losses, optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
-  from qmath_jax.train import state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
+  # Imported here: a worker must join jax.distributed before JAX touches its devices.
+  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  from qmath_jax import parallel
+  from qmath_jax.model import presets
+  from qmath_jax.model.transformer import Transformer
+  from qmath_jax.train import losses, optimizer as optimizer_lib
+  from qmath_jax.train import state as state_lib, step as step_lib
+  # pylint: enable=g-import-not-at-top
 
   cfg = presets.get_config("tiny", vocab_size=64, hidden_size=32, head_dim=8,
                            intermediate_size=64)
