@@ -76,4 +76,10 @@ def get_config(arg=None):
   c.sft.train.total_steps = 12 if quick else 150
   c.sft.train.eval_every = 6 if quick else 50
   c.sft.train.eval_batches = 2
+
+  # Greedy accuracy of the SFT model on held-out synthetic problems (sampler + grader).
+  c.report = ml_collections.ConfigDict()
+  c.report.stage = "sft"
+  c.report.num_problems = 8 if quick else 100
+  c.report.max_new_tokens = 32 if quick else 256
   return c

@@ -217,6 +217,8 @@ def validate(config, stages: Collection[str], num_devices: int) -> None:
     _check_train_stage(c, num_devices, in_pipeline=False)
   elif stage == "pipeline":
     names = c.get("stages")
+    if names is not None and isinstance(names, list):
+      names = tuple(names)
     if names is not None and (not isinstance(names, (tuple, list)) or not names or
                               not all(isinstance(n, str) for n in names)):
       c.fail("stages", f"expected a non-empty list of stage names, got {names!r}")
@@ -236,5 +238,12 @@ def validate(config, stages: Collection[str], num_devices: int) -> None:
       _check_train_stage(sub_checker, num_devices, in_pipeline=True,
                          pipeline_stages=tuple(names[:i]))
       c.problems.extend(sub_checker.problems)
+  if stage == "pipeline" and c._lookup("report") is not _MISSING:
+    report_stage = c.string("report.stage")
+    if report_stage is not None and names and report_stage not in names:
+      c.fail("report.stage", f"expected one of the pipeline's stages {list(names)}, got "
+             f"{report_stage!r}")
+    c.int("report.num_problems", minimum=0)
+    c.int("report.max_new_tokens", minimum=1)
   if c.problems:
     raise ConfigError("bad config:\n  " + "\n  ".join(c.problems))

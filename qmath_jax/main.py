@@ -301,7 +301,9 @@ def run_pipeline(config, workdir: str) -> dict:
   A tokenizer is trained first (once) into `<workdir>/tokenizer.model` when
   `tokenizer.train_vocab_size` > 0 and no path is given, on synthetic documents and rendered
   conversations; every stage then uses it. A stage's `init.checkpoint` naming an earlier
-  stage ("pretrain") means that stage's run directory.
+  stage ("pretrain") means that stage's run directory. With `report.num_problems` > 0, the
+  greedy accuracy of stage `report.stage` on held-out synthetic problems ends the pipeline
+  (`<workdir>/accuracy.json`).
   """
   os.makedirs(workdir, exist_ok=True)
   tokenizer_path = config.tokenizer.path
@@ -323,8 +325,67 @@ def run_pipeline(config, workdir: str) -> dict:
     logging.info("pipeline: stage %s in %s", name, os.path.join(workdir, name))
     results[name] = STAGES[sub.stage](sub, os.path.join(workdir, name))
     if results[name].get("preempted"):
-      break
+      return results
+  report = config.get("report")
+  if report is not None and report.num_problems:
+    accuracy = greedy_accuracy(
+        os.path.join(workdir, report.stage), tokenizer_path, num_problems=report.num_problems,
+        seed=config.seed, max_new_tokens=report.max_new_tokens,
+        out_path=os.path.join(workdir, ACCURACY_FILE))
+    results["accuracy"] = {k: accuracy[k] for k in ("accuracy", "correct", "total", "step")}
   return results
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+ACCURACY_FILE = "accuracy.json"
+
+
+def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, seed: int,
+                    max_new_tokens: int, out_path: str) -> dict:
+  """Greedy CoT accuracy of a run's latest params on held-out synthetic problems.
+
+  The problems come from the generator's "test" split (disjoint from training); each answer
+  is the extracted final answer, graded with `evaluation.grader.math_equal`. Writes
+  `{"accuracy", "correct", "total", "step", "examples": [...]}` to `out_path` (temp + rename).
+  """
+  from qmath_jax.evaluation import extract  # pylint: disable=g-import-not-at-top
+  from qmath_jax.evaluation import grader  # pylint: disable=g-import-not-at-top
+  from qmath_jax.sampling import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, loop.CHECKPOINT_DIR))
+  try:
+    step = checkpointer.latest_step()
+    meta = checkpointer.read_meta(step)
+  finally:
+    checkpointer.close()
+  model_cfg = model_config.ModelConfig(**meta[MODEL_META])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
+  params = checkpoint_lib.restore_params(
+      os.path.join(run_dir, loop.CHECKPOINT_DIR),
+      checkpoint_lib.abstract_with_shardings(abstract, jax.tree.map(lambda _: device, abstract)))
+  tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
+  sampler = sampler_lib.Sampler(model_cfg, params, tokenizer)
+  problems = synthetic.generate(num_problems, seed=seed, split="test")
+  prompts = [chat.render(pipelines.prompt_messages(p), add_generation_prompt=True)
+             for p in problems]
+  completions = sampler.generate(prompts, temperature=0.0, max_new_tokens=max_new_tokens)
+  examples = []
+  for problem, (completion,) in zip(problems, completions):
+    predicted = extract.extract_answer(completion.text)
+    examples.append({"id": problem.id, "gold": problem.answer, "predicted": predicted,
+                     "correct": bool(grader.math_equal(predicted, problem.answer))})
+  correct = sum(e["correct"] for e in examples)
+  report = {"accuracy": correct / len(examples), "correct": correct, "total": len(examples),
+            "step": step, "examples": examples}
+  tmp = out_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(report, f, indent=1)
+  os.replace(tmp, out_path)
+  logging.info("greedy accuracy on %d held-out problems: %.3f", len(examples),
+               report["accuracy"])
+  return report
 
 
 # ----------------------------------------------------------------------------- entry

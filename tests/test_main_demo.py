@@ -1,5 +1,6 @@
 """`python -m qmath_jax.main --config=configs/demo.py` end to end, shortened (`quick=1`)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -36,3 +37,7 @@ def test_quick_demo_trains_tokenizer_pretrains_and_sfts(tmp_path):
   # the uniform-guess loss log(384) = 5.95 that a fresh model starts near.
   assert sft_rows[0]["loss"] < 5.0
   assert "step 12/12 | loss" in proc.stderr  # the per-logging-step line
+  accuracy = json.loads((workdir / "accuracy.json").read_text())
+  assert accuracy["total"] == 8 and accuracy["step"] == 12
+  assert accuracy["correct"] == sum(e["correct"] for e in accuracy["examples"])
+  assert all(e["id"].startswith("synthetic/test/") for e in accuracy["examples"])
