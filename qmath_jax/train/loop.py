@@ -115,7 +115,11 @@ class Outcome:
 
 
 class _StopSignals:
-  """Turns SIGTERM/SIGINT into a flag checked between steps (handlers restored on exit)."""
+  """Turns the first SIGTERM/SIGINT into a flag checked between steps.
+
+  The previous handlers come back as soon as one signal arrived (and on exit), so a second
+  signal stops a run that is stuck (e.g. waiting for data) the usual way.
+  """
 
   def __init__(self):
     self.received = None
@@ -132,11 +136,17 @@ class _StopSignals:
   def _handle(self, signum, frame):
     del frame
     self.received = signal.Signals(signum).name
-    logging.warning("%s received: finishing the current step, then saving", self.received)
+    logging.warning("%s received: finishing the current step, then saving (send it again to "
+                    "stop at once)", self.received)
+    self._restore()
 
-  def __exit__(self, *exc):
+  def _restore(self):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    self._previous = {}
+
+  def __exit__(self, *exc):
+    self._restore()
 
 
 def _batch_tokens(batch: Mapping[str, np.ndarray]) -> int:
