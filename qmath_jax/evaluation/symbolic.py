@@ -1,8 +1,9 @@
 """Symbolic equality in a persistent sympy worker process, with a timeout that works anywhere.
 
 Signal-based timeouts only work in the main thread, so the expensive check runs in a child
-process (this file run as a script; it imports only the standard library and sympy). The
-client writes one JSON request per line and waits on the pipe with `select`; when the answer
+process (this file run as a script; it imports the standard library, sympy and, for the pipe
+reader, the standard-library-only ``qmath_jax.sandbox``). The client writes one JSON request
+per line and waits on the pipe with ``sandbox.worker.LineReader`` (``select``); when the answer
 does not come within the timeout the child is killed, the check counts as "not equal", and the
 next check starts a fresh child. Each thread (and each forked process) gets its own child.
 
@@ -13,11 +14,12 @@ Reply: {"equal": bool}.
 import atexit
 import json
 import os
-import select
 import subprocess
 import sys
 import threading
 import time
+
+from qmath_jax.sandbox import worker as sandbox_worker
 
 _STARTUP_TIMEOUT_S = 60.0
 _MEMORY_LIMIT_BYTES = 2 << 30
@@ -28,34 +30,21 @@ class SympyWorker:
 
   def __init__(self):
     self.proc = None
-    self.buffer = b""
+    self.lines = None
     self.owner_pid = os.getpid()   # only the process that started a child may stop it
 
   def _start(self) -> None:
     self.proc = subprocess.Popen(
         [sys.executable, "-u", os.path.abspath(__file__)], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
-    self.buffer = b""
+    self.lines = sandbox_worker.LineReader(self.proc.stdout.fileno())
     if self._read_line(_STARTUP_TIMEOUT_S) != b"ready":
       self.close()
       raise RuntimeError("sympy worker did not start")
 
   def _read_line(self, timeout: float) -> bytes | None:
-    deadline = time.monotonic() + timeout
-    fd = self.proc.stdout.fileno()
-    while b"\n" not in self.buffer:
-      left = deadline - time.monotonic()
-      if left <= 0:
-        return None
-      ready, _, _ = select.select([fd], [], [], left)
-      if not ready:
-        return None
-      chunk = os.read(fd, 65536)
-      if not chunk:
-        return None
-      self.buffer += chunk
-    line, self.buffer = self.buffer.split(b"\n", 1)
-    return line.strip()
+    line = self.lines.read_line(time.monotonic() + timeout)
+    return None if line is None else line.strip()
 
   def close(self) -> None:
     if self.proc is not None:

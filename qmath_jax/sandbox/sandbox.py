@@ -17,7 +17,6 @@ import json
 import math
 import os
 import queue
-import select
 import signal
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ import weakref
 from collections.abc import Sequence
 
 from qmath_jax.sandbox import isolation
+from qmath_jax.sandbox import worker
 
 _ANSWER_GRACE_S = 30.0   # extra time a worker gets, past the program timeout, to answer
 
@@ -59,7 +59,7 @@ class _Worker:
     self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=self._log, env=isolation.WORKER_ENV, cwd="/",
                                  start_new_session=True, close_fds=True)
-    self._buffer = b""
+    self._lines = worker.LineReader(self.proc.stdout.fileno())
     self.alive = True
     self._send(config)
     reply = self._receive(time.monotonic() + startup_timeout)
@@ -82,20 +82,8 @@ class _Worker:
       return False
 
   def _receive(self, deadline: float) -> dict | None:
-    fd = self.proc.stdout.fileno()
-    while b"\n" not in self._buffer:
-      remaining = deadline - time.monotonic()
-      if remaining <= 0:
-        return None
-      ready, _, _ = select.select([fd], [], [], remaining)
-      if not ready:
-        return None
-      chunk = os.read(fd, 65536)
-      if not chunk:
-        return None
-      self._buffer += chunk
-    line, self._buffer = self._buffer.split(b"\n", 1)
-    return json.loads(line)
+    line = self._lines.read_line(deadline)
+    return None if line is None else json.loads(line)
 
   def run(self, code: str, prelude: Sequence[str], timeout: float) -> Result:
     """Runs one program; on a protocol failure kills this worker and says so in the Result."""

@@ -324,21 +324,36 @@ def _report(result: dict) -> None:
     out.write((json.dumps(result) + "\n").encode())
 
 
-def _read_line(fd: int, deadline: float, limit: int = MAX_RESULT_BYTES) -> bytes | None:
-  """Reads from `fd` until a newline, EOF, `limit` bytes or `deadline`; None if none came."""
-  data = b""
-  while b"\n" not in data and len(data) < limit:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-      return None
-    ready, _, _ = select.select([fd], [], [], remaining)
-    if not ready:
-      return None
-    chunk = os.read(fd, 65536)
-    if not chunk:
-      break
-    data += chunk
-  return data.split(b"\n", 1)[0] if b"\n" in data else None
+class LineReader:
+  """Newline-terminated lines from a pipe, each read before a deadline.
+
+  Bytes after a line stay buffered for the next call. The host (``sandbox.py``) and the sympy
+  client (``qmath_jax.evaluation.symbolic``) read their child processes with it too; it lives
+  here because this file may import nothing from ``qmath_jax``.
+  """
+
+  def __init__(self, fd: int, limit: int | None = None):
+    self.fd = fd
+    self.limit = limit
+    self.buffer = b""
+
+  def read_line(self, deadline: float) -> bytes | None:
+    """The next line without its newline; None at `deadline`, at EOF or past `limit` bytes."""
+    while b"\n" not in self.buffer:
+      if self.limit is not None and len(self.buffer) >= self.limit:
+        return None
+      remaining = deadline - time.monotonic()
+      if remaining <= 0:
+        return None
+      ready, _, _ = select.select([self.fd], [], [], remaining)
+      if not ready:
+        return None
+      chunk = os.read(self.fd, 65536)
+      if not chunk:
+        return None
+      self.buffer += chunk
+    line, self.buffer = self.buffer.split(b"\n", 1)
+    return line
 
 
 def _wait_exit(pid: int, deadline: float) -> int | None:
@@ -434,7 +449,7 @@ def run_job(job: dict, config: dict, layers: dict) -> dict:
   os.close(write_fd)
   deadline = time.monotonic() + timeout
   try:
-    line = _read_line(read_fd, deadline)
+    line = LineReader(read_fd, limit=MAX_RESULT_BYTES).read_line(deadline)
     status = _wait_exit(pid, min(deadline, time.monotonic() + 0.5) if line else deadline)
   finally:
     os.close(read_fd)
