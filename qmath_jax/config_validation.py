@@ -155,7 +155,10 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
   c.number("optim.clip_norm", minimum=0)
   c.number("optim.z_loss", minimum=0)
 
-  c.int("train.total_steps", minimum=1)
+  total = c.int("train.total_steps", minimum=1)
+  warmup = c._lookup("optim.warmup_steps")  # its type is checked with the optim fields
+  if _is_int(total) and _is_int(warmup) and warmup > total:
+    c.fail("optim.warmup_steps", f"{warmup} exceeds train.total_steps {total}")
   c.int("train.log_every", minimum=1)
   c.int("train.eval_every", minimum=0)
   c.int("train.eval_batches", minimum=1)
