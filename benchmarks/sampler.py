@@ -64,7 +64,7 @@ def run_cpu(args, records):
   import transformers  # pylint: disable=g-import-not-at-top
   from qmath_jax.hf import load_hf  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
   config = transformers.Qwen2Config(
       vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 3,
       num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=2,
@@ -95,7 +95,8 @@ def run_cpu(args, records):
   new_tokens = args.batch * args.new
   result = {"mode": "cpu", "batch": args.batch, "prompt": args.prompt, "new": args.new,
             "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
-            "params": cfg.num_params, "cpus": os.cpu_count()}
+            "params": cfg.num_params, "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
   for name, fn in (("qmath_jax", ours), ("transformers", theirs)):
     clock = time.perf_counter()
     tokens = fn()
@@ -172,6 +173,8 @@ def main(argv=None):
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--vocab", type=int, default=4096)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--torch_threads", type=int, default=0,
+                      help="cpu mode: torch intra-op threads (0: one per CPU)")
   args = parser.parse_args(argv)
   defaults = {"cpu": (8, 64, 64), "device": (64, 512, 256)}[args.mode]
   args.batch = args.batch or defaults[0]

@@ -107,18 +107,27 @@ def _sorted_top_p(x, p):
   return out
 
 
-def test_threshold_filters_equal_sorting():
+def test_filters_equal_sorting():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(6, 300)).astype(np.float32) * 3
   x[0, :5] = -np.inf           # already filtered entries
   x[1, 10:20] = x[1, 0]        # ties
   x[2] = -np.abs(x[2]) - 50    # all negative
+  top_k_mask = jax.jit(filters.top_k_mask)
   for k in (1, 7, 300):
-    np.testing.assert_array_equal(np.asarray(filters.top_k_mask(jnp.asarray(x), k)),
+    np.testing.assert_array_equal(np.asarray(top_k_mask(jnp.asarray(x), jnp.int32(k))),
                                   _sorted_top_k(x, k))
-  for p in (0.05, 0.5, 0.9, 0.999):
-    np.testing.assert_array_equal(np.asarray(filters.top_p_mask(jnp.asarray(x), p)),
-                                  _sorted_top_p(x, p))
+  draws = 512
+  keys = jax.random.split(jax.random.key(0), draws)
+  nucleus_sample = jax.jit(lambda row, p: filters.nucleus_sample(
+      jnp.broadcast_to(row, (draws, row.shape[0])), keys, p))
+  for p in (0.05, 0.5, 0.9):
+    nucleus = _sorted_top_p(x, p)
+    for row in (0, 1, 3):
+      tokens = np.asarray(nucleus_sample(jnp.asarray(x[row]), jnp.float32(p)))
+      assert nucleus[row, tokens].all(), (p, row)  # never outside the nucleus
+      if nucleus[row].sum() <= 3:                  # and every member of a small one is drawn
+        assert set(tokens) == set(np.flatnonzero(nucleus[row]))
 
 
 def test_logprobs_are_untempered():

@@ -7,9 +7,13 @@
 
 How a call runs:
 - Prompts are tokenized, sorted by length and cut into batches of at most `max_rows` rows
-  (rows = prompts x n). Each batch is left-padded to a length bucket; groups, prompt length and
-  own-cache length are bucketed (16, 24, 32, 48, 64, ...: powers of two and their halfway
-  points), so calls of similar sizes reuse one compiled prefill and one compiled decode.
+  (rows = prompts x n). Each batch is left-padded to a length bucket; groups (powers of two),
+  prompt length and own-cache length (16, 24, 32, 48, 64, ...: powers of two and their halfway
+  points) are bucketed. The jitted prefill and decode are module-level functions keyed on
+  (model config, mesh, sampling mode, bucket shapes), so calls of similar sizes, and every
+  Sampler of the same config (a new one after each RL update, say), reuse compiled code.
+  Temperature, k and p are traced values; only which filters run (greedy, top-k, top-p) is
+  static, so the decode loop holds no branch.
 - Prefill runs each prompt once and samples the first token of its `n` rows from the last
   prompt logits. The group's rows then decode against [prompt cache ; own cache]
   (`qmath_jax.sampling.forward`).
