@@ -287,6 +287,8 @@ def _run(parts, options, checkpointer, writer, meta) -> Outcome:
           values = {f"{hook.prefix}/{k}": float(v) for k, v in hook.fn(state, step).items()}
           writer.write(step, values)
           eval_metrics = {**(eval_metrics or {}), **values}
+          # Eval time is not training time: restart the throughput window after it.
+          window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
 
       if signals.received:
         preempted = True
