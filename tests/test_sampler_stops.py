@@ -26,6 +26,20 @@ def test_first_stop_spanning_tokens():
   assert stops.first_stop(SMALL.decode, ids, ["```"], checked=2) == (3, 3, "```")
 
 
+def test_has_stop_reads_only_the_tail():
+  ids = [IDS["d"]] * 50 + [IDS["ab"], IDS["c`"], IDS["``"], IDS["d"]]
+  seen = []
+
+  def decode(part):
+    seen.append(len(part))
+    return SMALL.decode(part)
+
+  assert stops.has_stop(decode, ids, ["```"], checked=52)  # starts before `checked`
+  assert not stops.has_stop(decode, ids, ["c`d"], checked=50)
+  assert stops.has_stop(decode, ids, ["dd"], checked=0)
+  assert max(seen[:2]) < 25  # the window, not the 54 tokens
+
+
 def test_completion_finish_reasons():
   decode = SMALL.decode
   eos = (IDS["<|im_end|>"],)

@@ -339,10 +339,8 @@ class Sampler:
 
     def check_stops():
       for r in np.flatnonzero(~done & ~stopped):
-        if stops.first_stop(decode_text, ids[r], stop, checked[r]) is None:
-          checked[r] = len(ids[r])
-        else:
-          stopped[r] = True
+        stopped[r] = stops.has_stop(decode_text, ids[r], stop, checked[r])
+        checked[r] = len(ids[r])
 
     if stop:
       check_stops()

@@ -23,6 +23,20 @@ def _earliest(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
   return index, stop
 
 
+def has_stop(decode: Decode, ids: Sequence[int], stops: Sequence[str], checked: int = 0) -> bool:
+  """Whether the text of `ids` holds a stop string, given that the text of `ids[:checked]` holds none.
+
+  Decodes only a tail window: the tokens after `checked` plus enough before it to hold any stop
+  string that starts earlier (a byte-level token may carry as little as one byte of a character
+  of up to four bytes), so checking a growing row after every chunk costs O(chunk), not O(length).
+  """
+  if not stops or len(ids) <= checked:
+    return False
+  reach = 4 * max(len(s) for s in stops) + 4
+  tail = decode(ids[max(0, checked - reach):])
+  return any(s in tail for s in stops)
+
+
 def first_stop(decode: Decode, ids: Sequence[int], stops: Sequence[str],
                checked: int = 0) -> tuple[int, int, str] | None:
   """The shortest prefix of `ids` whose text contains a stop string.
