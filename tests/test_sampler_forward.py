@@ -129,3 +129,26 @@ def test_mesh_sharded_equals_single_device(model):
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
     for x, y in zip(a, b):
       np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=0, atol=1e-5)
+
+
+def test_update_params_reuses_compiled_code(model):
+  cfg, params, tokenizer = model
+  sampler = Sampler(cfg, params, tokenizer)
+  first = sampler.generate(PROMPTS, max_new_tokens=NEW)
+  before = dict(sampler_lib.TRACES)
+  sampler.update_params(jax.tree.map(lambda x: -x, params))
+  second = sampler.generate(PROMPTS, max_new_tokens=NEW)
+  assert dict(sampler_lib.TRACES) == before
+  assert [c[0].token_ids for c in first] != [c[0].token_ids for c in second]
+
+
+def test_bfloat16_compute_stays_close_to_fp32(model, full_logits):
+  cfg, params, tokenizer = model
+  out = Sampler(cfg.replace(dtype="bfloat16"), params, tokenizer).generate(
+      PROMPTS, n=2, temperature=1.0, max_new_tokens=6, seed=1)
+  prompt_ids = [tokenizer.encode(p) for p in PROMPTS]
+  rows = [(p, c) for p, group in zip(prompt_ids, out) for c in group]
+  refs = _teacher_forced_logprobs(full_logits, [p for p, _ in rows],
+                                  [c.token_ids for _, c in rows])
+  for (_, c), ref in zip(rows, refs):
+    np.testing.assert_allclose(c.logprobs, ref, rtol=0, atol=0.1)
