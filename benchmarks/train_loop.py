@@ -72,7 +72,7 @@ def run(args) -> dict:
     # The run's state shapes, rebuilt from the model config its checkpoint records.
     model_cfg = model_config.ModelConfig(**meta[main.MODEL_META])
     optimizer, _ = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(
-        total_steps=args.steps))
+        warmup_steps=0, total_steps=args.steps))  # only the state's structure matters here
     mesh = mesh_lib.make_mesh((-1, 1, 1))
     init_state, shardings = state_lib.sharded_init(
         lambda rng: transformer.init_params(model_cfg, rng, boxed=True), optimizer, mesh)

@@ -61,25 +61,26 @@ def get_config(arg=None):
 
   c.pretrain = _stage("pretrain", quick)
   c.pretrain.data.num_examples = 300 if quick else 4000
-  c.pretrain.train.total_steps = 12 if quick else 200
+  c.pretrain.train.total_steps = 12 if quick else 120
   c.pretrain.train.eval_every = 0
   c.pretrain.checkpoint.best_metric = ""
 
   c.sft = _stage("sft", quick)
   c.sft.data.seq_len = 512  # a CoT conversation is 250-400 sentencepiece tokens
+  c.sft.data.batch_size = 8
   c.sft.init.checkpoint = "pretrain"  # relative: the pipeline's own pretrain stage
   c.sft.data.num_examples = 200 if quick else 3000
   c.sft.data.eval_source = "synthetic"  # held-out split of the synthetic generator
   c.sft.data.num_eval_examples = 32 if quick else 128
   c.sft.optim.lr = 1e-3
   c.sft.optim.end_lr = 1e-4
-  c.sft.train.total_steps = 12 if quick else 150
-  c.sft.train.eval_every = 6 if quick else 50
+  c.sft.train.total_steps = 12 if quick else 120
+  c.sft.train.eval_every = 6 if quick else 40
   c.sft.train.eval_batches = 2
 
   # Greedy accuracy of the SFT model on held-out synthetic problems (sampler + grader).
   c.report = ml_collections.ConfigDict()
   c.report.stage = "sft"
-  c.report.num_problems = 8 if quick else 100
-  c.report.max_new_tokens = 32 if quick else 256
+  c.report.num_problems = 8 if quick else 64
+  c.report.max_new_tokens = 32 if quick else 224
   return c
