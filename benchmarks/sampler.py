@@ -3,7 +3,8 @@
 Two modes; each prints one JSON object per measurement and writes all of them to `--out`.
 
   python benchmarks/sampler.py --mode cpu [--out cpu.json]
-      A random Qwen2 checkpoint built and saved by transformers, loaded with
+      A random Qwen2 checkpoint built and saved by transformers (in a child process, so that
+      torch's and JAX's worker threads never compete), loaded with
       `qmath_jax.hf.load_hf`; greedy decoding of the same prompts (no end-of-sequence stop, every
       row runs `--new` tokens) by `Sampler.generate_ids` and by `Qwen2ForCausalLM.generate`;
       new tokens per second of each (best of `--repeats` timed runs after one warm-up run), and
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,10 +61,26 @@ def _random_prompts(batch, length, vocab, seed=0):
   return np.random.default_rng(seed).integers(3, vocab, size=(batch, length)).tolist()
 
 
-def run_cpu(args, records):
+def _timed(fn, repeats):
+  """(first call's result, first call's seconds, best of `repeats` further calls)."""
+  clock = time.perf_counter()
+  result = fn()
+  first = time.perf_counter() - clock
+  times = []
+  for _ in range(repeats):
+    clock = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - clock)
+  return result, first, min(times)
+
+
+def run_transformers(args):
+  """Child process: builds the random checkpoint in `args.ckpt`, times `generate` on it.
+
+  Runs apart from JAX so that neither library's idle worker threads take the other's CPU.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from qmath_jax.hf import load_hf  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
   config = transformers.Qwen2Config(
@@ -71,46 +89,48 @@ def run_cpu(args, records):
       head_dim=64, max_position_embeddings=2048, rms_norm_eps=1e-6, use_sliding_window=False,
       tie_word_embeddings=False, rope_theta=10000.0)
   model = transformers.Qwen2ForCausalLM(config).eval().to(torch.float32)
-  prompts = _random_prompts(args.batch, args.prompt, args.vocab)
-  with tempfile.TemporaryDirectory() as tmp:
-    model.save_pretrained(tmp, safe_serialization=True)
-    cfg, params = load_hf(pathlib.Path(tmp))
-  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), max_rows=args.batch)
-
-  def ours():
-    out = sampler.generate_ids(prompts, max_new_tokens=args.new)
-    return [c[0].token_ids for c in out]
-
-  input_ids = torch.tensor(prompts)
+  model.save_pretrained(args.ckpt, safe_serialization=True)
+  input_ids = torch.tensor(_random_prompts(args.batch, args.prompt, args.vocab))
   generation = transformers.GenerationConfig(
       max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, eos_token_id=None,
       pad_token_id=0)
 
-  def theirs():
+  def generate():
     with torch.no_grad():
       out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
                            generation_config=generation)
     return out[:, args.prompt:].tolist()
 
+  tokens, first, best = _timed(generate, args.repeats)
+  print(json.dumps({"tokens": tokens, "first_call_s": first, "best_s": best,
+                    "torch_threads": torch.get_num_threads(),
+                    "transformers": transformers.__version__, "torch": torch.__version__}))
+
+
+def run_cpu(args, records):
+  from qmath_jax.hf import load_hf  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    child = [sys.executable, __file__, "--mode", "transformers", "--ckpt", tmp]
+    for flag in ("batch", "prompt", "new", "hidden", "layers", "vocab", "repeats",
+                 "torch_threads"):
+      child += [f"--{flag}", str(getattr(args, flag))]
+    done = subprocess.run(child, check=True, capture_output=True, text=True)
+    theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    cfg, params = load_hf(pathlib.Path(tmp))
+  prompts = _random_prompts(args.batch, args.prompt, args.vocab)
+  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), max_rows=args.batch)
+  tokens, first, best = _timed(
+      lambda: [c[0].token_ids for c in sampler.generate_ids(prompts, max_new_tokens=args.new)],
+      args.repeats)
   new_tokens = args.batch * args.new
   result = {"mode": "cpu", "batch": args.batch, "prompt": args.prompt, "new": args.new,
             "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
             "params": cfg.num_params, "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
-  for name, fn in (("qmath_jax", ours), ("transformers", theirs)):
-    clock = time.perf_counter()
-    tokens = fn()
-    result[f"{name}_first_call_s"] = time.perf_counter() - clock
-    times = []
-    for _ in range(args.repeats):
-      clock = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - clock)
-    result[f"{name}_tokens_per_s"] = new_tokens / min(times)
-    result[f"{name}_tokens"] = tokens
-  same = np.mean(np.array(result.pop("qmath_jax_tokens")) ==
-                 np.array(result.pop("transformers_tokens")))
-  result["greedy_agreement"] = float(same)
+            "torch_threads": theirs["torch_threads"], "transformers": theirs["transformers"],
+            "qmath_jax_first_call_s": first, "qmath_jax_tokens_per_s": new_tokens / best,
+            "transformers_first_call_s": theirs["first_call_s"],
+            "transformers_tokens_per_s": new_tokens / theirs["best_s"],
+            "greedy_agreement": float(np.mean(np.array(tokens) == np.array(theirs["tokens"])))}
   result["speedup"] = result["qmath_jax_tokens_per_s"] / result["transformers_tokens_per_s"]
   _emit(result, records)
 
@@ -161,7 +181,9 @@ def run_device(args, records):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--mode", choices=("cpu", "device"), required=True)
+  parser.add_argument("--mode", choices=("cpu", "device", "transformers"), required=True,
+                      help="transformers: the child process of cpu mode")
+  parser.add_argument("--ckpt", help="transformers mode: where to save the checkpoint")
   parser.add_argument("--out")
   parser.add_argument("--preset", default="qwen2.5-math-1.5b")
   parser.add_argument("--batch", type=int)
@@ -176,10 +198,14 @@ def main(argv=None):
   parser.add_argument("--torch_threads", type=int, default=0,
                       help="cpu mode: torch intra-op threads (0: one per CPU)")
   args = parser.parse_args(argv)
-  defaults = {"cpu": (8, 64, 64), "device": (64, 512, 256)}[args.mode]
+  defaults = {"cpu": (8, 64, 64), "transformers": (8, 64, 64),
+              "device": (64, 512, 256)}[args.mode]
   args.batch = args.batch or defaults[0]
   args.prompt = args.prompt or defaults[1]
   args.new = args.new or defaults[2]
+  if args.mode == "transformers":
+    run_transformers(args)
+    return 0
   records = []
   (run_cpu if args.mode == "cpu" else run_device)(args, records)
   _write(records, args.out)

@@ -19,7 +19,7 @@ How a call runs:
   (`qmath_jax.sampling.forward`).
 - Decode runs on device as a while loop that stops when every row has sampled an
   end-of-sequence id or reached `max_new_tokens`. With stop strings it returns every
-  `stop_check_interval` steps: the host decodes each unfinished row's text, marks rows whose
+  `stop_check_interval` steps: the host decodes each unfinished row's new text, marks rows whose
   text holds a stop string as done (it cuts them at the token that completed the string, also
   when the string spans tokens), and resumes the loop with the same donated cache.
 - Sampling: greedy when temperature is 0, else temperature, top-k, top-p
