@@ -112,6 +112,10 @@ def test_same_seed_same_samples_independent_of_batch(model):
   # Prompt 0 drawn inside another batch (another row after sorting by length): same draws.
   reordered = sampler.generate([PROMPTS[0], "ab", "zz z"], seed=3, **knobs)
   assert ids(reordered)[0] == ids(first)[0]
+  # At most 8 rows per batch: the 3 prompts x 4 samples run as two batches, same draws.
+  split = Sampler(cfg, params, tokenizer, max_rows=8)
+  assert ids(split.generate(PROMPTS, seed=3, **knobs)) == ids(first)
+  assert split.last_stats["batches"] == 2
 
 
 def test_mesh_sharded_equals_single_device(model):
