@@ -99,8 +99,7 @@ def test_sigkill_during_async_save_keeps_previous_checkpoint(tmp_path):
   assert report["step_2_finished_before_kill"] is False
 
   checkpointer = checkpoint_lib.Checkpointer(tmp_path / "ckpt", keep_last=3)
-  assert checkpointer.latest_step() == 1
-  assert sorted(os.listdir(tmp_path / "ckpt")) == ["1"]  # The half-written step was removed.
+  assert checkpointer.latest_step() == 1  # The half-written step 2 is not taken for a step.
   abstract = jax.eval_shape(_big_state, 1)
   replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = checkpoint_lib.abstract_with_shardings(

@@ -82,10 +82,20 @@ def logged_losses(workdir):
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _child(workdir, steps, sleep_s):
+@pytest.fixture(scope="module")
+def child_env(tmp_path_factory):
+  """Environment of the training children: the repo importable, and one persistent compile
+  cache shared by this module's children (the second child loads the step instead of
+  compiling it again)."""
+  paths = [REPO_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+  return dict(os.environ, PYTHONPATH=os.pathsep.join(paths),
+              JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("compile_cache")),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def _child(env, workdir, steps, sleep_s):
   """Starts this file as a training child (inherits the conftest's 8 CPU devices)."""
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [REPO_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
   return subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), str(workdir), str(steps), str(sleep_s)],
       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -113,12 +123,12 @@ def _checkpoint_steps(workdir):
 OPTIONS = dict(log_every=1, checkpoint_every=2, show_progress=False)
 
 
-def test_sigkill_then_resume_matches_straight_run(tmp_path):
+def test_sigkill_then_resume_matches_straight_run(tmp_path, child_env):
   steps = 8
   straight = loop.train(make_parts(), loop.LoopOptions(total_steps=steps, **OPTIONS),
                         tmp_path / "straight")
   killed_dir = str(tmp_path / "killed")
-  proc = _child(killed_dir, steps, 0.04)
+  proc = _child(child_env, killed_dir, steps, 0.04)
   try:
     _wait_for(lambda: 4 in _checkpoint_steps(killed_dir), proc, 90, "checkpoint 4")
     proc.send_signal(signal.SIGKILL)
@@ -142,9 +152,9 @@ def test_sigkill_then_resume_matches_straight_run(tmp_path):
                straight.state.opt_state, resumed.state.opt_state)
 
 
-def test_sigterm_saves_reached_step_and_exits_zero(tmp_path):
+def test_sigterm_saves_reached_step_and_exits_zero(tmp_path, child_env):
   workdir = str(tmp_path / "run")
-  proc = _child(workdir, 1000, 0.05)
+  proc = _child(child_env, workdir, 1000, 0.05)
   try:
     metrics_path = os.path.join(workdir, metrics_writer.METRICS_FILE)
     _wait_for(lambda: os.path.exists(metrics_path) and len(logged_losses(workdir)) >= 3,
