@@ -5,12 +5,14 @@
 checkpoint fails in a second instead of after a model has been built.
 """
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 import numbers
 import os
+from typing import Any
 
 import ml_collections
 
+from qmath_jax.model import config as model_config
 from qmath_jax.model import presets
 from qmath_jax.parallel import mesh as mesh_lib
 from qmath_jax.train import optimizer as optimizer_lib
@@ -107,8 +109,8 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
   preset = c.string("model.preset", choices=presets.names())
   for field in ("dtype", "param_dtype"):
     c.string(f"model.{field}", choices=("float32", "bfloat16", "float16"))
-  c.string("model.attention", choices=("xla", "pallas", "cudnn"))
-  c.string("model.remat_policy")
+  c.string("model.attention", choices=model_config.ATTENTION_IMPLS)
+  c.string("model.remat_policy", choices=model_config.REMAT_POLICIES)
 
   shape = c.get("mesh.shape")
   mesh_shape = None
@@ -204,18 +206,23 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
            "config.json)")
 
 
-def validate(config, stages: Collection[str], num_devices: int) -> None:
+def validate(config, stages: Collection[str], num_devices: int,
+             stage_checks: Mapping[str, Callable[[Any], list[str]]] | None = None) -> None:
   """Raises ConfigError naming every bad field of `config`.
 
   Args:
     config: the run's ConfigDict.
     stages: registered stage names (the entry point's dispatch table).
     num_devices: devices the mesh must cover (`jax.device_count()`).
+    stage_checks: stage name -> `check(config) -> ["config.x: problem", ...]` for stages
+      other than pretrain, sft and pipeline (each stage that joins brings its own).
   """
   c = _Checker(config)
   stage = c.string("stage")
   if stage is not None and stage not in stages:
     c.fail("stage", f"unknown stage {stage!r}; known stages: {', '.join(sorted(stages))}")
+  elif stage in (stage_checks or {}):
+    c.problems.extend(stage_checks[stage](config))
   elif stage in TRAIN_STAGES:
     _check_train_stage(c, num_devices, in_pipeline=False)
   elif stage == "pipeline":

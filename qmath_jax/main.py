@@ -54,17 +54,27 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
 
 # stage name -> runner(config, workdir) -> summary dict.
 STAGES: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {}
+# stage name -> check(config) -> ["config.x: problem", ...], run before any compute.
+STAGE_CHECKS: dict[str, Callable[[ml_collections.ConfigDict], list[str]]] = {}
 TOKENIZER_FILE = "tokenizer.model"
 MODEL_META = "model"
 
 
-def register_stage(name: str):
-  """Decorator: makes `runner(config, workdir)` the stage `name` of the entry point."""
+def register_stage(name: str, check: Callable[[ml_collections.ConfigDict], list[str]] | None
+                   = None):
+  """Decorator: makes `runner(config, workdir)` the stage `name` of the entry point.
+
+  `check(config)` returns the config's problems (one "config.field: what is wrong" string
+  each); it runs before any compute. pretrain, sft and pipeline are checked by
+  `config_validation` itself.
+  """
 
   def decorate(runner):
     if name in STAGES:
       raise ValueError(f"stage {name!r} is already registered")
     STAGES[name] = runner
+    if check is not None:
+      STAGE_CHECKS[name] = check
     return runner
 
   return decorate
@@ -393,7 +403,7 @@ def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, see
 
 def run(config, workdir: str) -> dict:
   """Validates `config` (before any compute) and runs its stage in `workdir`."""
-  config_validation.validate(config, STAGES, jax.device_count())
+  config_validation.validate(config, STAGES, jax.device_count(), STAGE_CHECKS)
   return STAGES[config.stage](config, workdir)
 
 

@@ -97,3 +97,16 @@ def test_command_line_bad_value_exits_before_compute(tmp_path):
   assert proc.returncode != 0
   assert "config.pretrain.train.total_steps: expected an integer >= 1, got 0" in proc.stderr
   assert not workdir.exists()
+
+
+def test_a_joining_stage_brings_its_own_check(tmp_path, monkeypatch):
+  ran = []
+  monkeypatch.setitem(main.STAGES, "toy", lambda config, workdir: ran.append(workdir))
+  monkeypatch.setitem(main.STAGE_CHECKS, "toy", lambda config: (
+      [] if config.size > 0 else [f"config.size: expected > 0, got {config.size}"]))
+  config = ml_collections.ConfigDict({"stage": "toy", "size": 0})
+  _run_expecting(config, tmp_path, "config.size: expected > 0, got 0")
+  assert not ran
+  config.size = 3
+  main.run(config, str(tmp_path / "ok"))
+  assert ran == [str(tmp_path / "ok")]
