@@ -167,7 +167,7 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
   c.int("checkpoint.every", minimum=1)
   c.int("checkpoint.keep_last", minimum=1)
   c.int("checkpoint.keep_best", minimum=1)
-  c.string("checkpoint.best_metric")
+  c.string("checkpoint.best_metric", choices=("", "eval/loss"))  # what the stages report
   c.string("checkpoint.best_mode", choices=("min", "max"))
   c.boolean("checkpoint.async_save")
 

@@ -208,7 +208,7 @@ def _load_init_params(config, abstract_params):
 # ----------------------------------------------------------------------------- train stages
 
 
-def _eval_hook(config, model_cfg, loss_fn, eval_pipeline, mesh, param_shardings):
+def _eval_hook(config, loss_fn, eval_pipeline, mesh, param_shardings):
   """Weighted mean eval loss over the first `train.eval_batches` held-out batches."""
 
   @functools.partial(jax.jit, in_shardings=(param_shardings, rules_lib.batch_sharding(mesh)))
@@ -230,7 +230,6 @@ def _eval_hook(config, model_cfg, loss_fn, eval_pipeline, mesh, param_shardings)
                        f"{config.data.batch_size} rows of {config.data.seq_len} tokens")
     return {"loss": total / max(weight, 1e-12)}
 
-  del model_cfg
   return loop.EvalHook(every=config.train.eval_every, fn=evaluate, prefix="eval")
 
 
@@ -279,7 +278,7 @@ def run_train_stage(config, workdir: str) -> dict:
       num_microbatches=config.optim.num_microbatches)
   hooks = []
   if eval_pipeline is not None:
-    hooks.append(_eval_hook(config, model_cfg, loss_fn, eval_pipeline, mesh, shardings.params))
+    hooks.append(_eval_hook(config, loss_fn, eval_pipeline, mesh, shardings.params))
 
   parts = loop.TrainParts(
       mesh=mesh, init_state=init_state, state_shardings=shardings, train_step=train_step,
