@@ -69,7 +69,14 @@ def causal_attention(q, k, v, segment_ids, impl: str, mask=None) -> jax.Array:
   """
   if impl == "pallas":
     from qmath_jax import kernels  # pylint: disable=g-import-not-at-top
-    return kernels.flash_attention(q, k, v, segment_ids=segment_ids, causal=True)
+    interpret = jax.default_backend() == "cpu"  # CPU runs the Pallas kernel only interpreted
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+      return kernels.flash_attention(q, k, v, segment_ids=segment_ids, causal=True,
+                                     interpret=interpret)
+    # Under a mesh (jax.set_mesh): each device runs the kernel on its batch and head shard.
+    return kernels.sharded_flash_attention(mesh, q, k, v, segment_ids=segment_ids, causal=True,
+                                           interpret=interpret)
   if impl == "cudnn":
     # cuDNN's fused path takes no segment ids: it serves rows without packing or padding only.
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")

@@ -44,17 +44,34 @@ def apply_rope(x, positions, theta: float):
   return out.astype(x.dtype)
 
 
+class Projection(nn.Module):
+  """A linear map kept at its full multi-axis shape, e.g. kernel `[hidden, heads, head_dim]`.
+
+  Unlike `nn.DenseGeneral` (which re-creates a flattened kernel at apply time), the parameter
+  is made at the shape its logical names describe, so the names hold under a mesh.
+  """
+  cfg: ModelConfig
+  kernel_names: tuple[str, ...]
+  kernel_shape: tuple[int, ...]
+  equation: str
+  bias_names: tuple[str, ...] | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    kernel = self.param("kernel", _init(self.kernel_names), self.kernel_shape, cfg.weight_dtype)
+    y = jnp.einsum(self.equation, x, kernel.astype(cfg.compute_dtype))
+    if self.bias_names is not None:
+      bias_shape = self.kernel_shape[-len(self.bias_names):]
+      bias = self.param("bias", _init(self.bias_names, nn.initializers.zeros), bias_shape,
+                        cfg.weight_dtype)
+      y = y + bias.astype(cfg.compute_dtype)
+    return y
+
+
 class Attention(nn.Module):
   """Grouped-query self-attention with q/k/v biases and an optional KV cache."""
   cfg: ModelConfig
-
-  def _proj(self, name, heads, heads_axis, x):
-    cfg = self.cfg
-    return nn.DenseGeneral(
-        features=(heads, cfg.head_dim), axis=-1, use_bias=True, name=name,
-        dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-        kernel_init=_init(("embed", heads_axis, "head_dim")),
-        bias_init=_init((heads_axis, "head_dim"), nn.initializers.zeros))(x)
 
   @nn.compact
   def __call__(self, x, positions, segment_ids, mask, layer_cache=None, cache_index=None):
@@ -64,9 +81,14 @@ class Attention(nn.Module):
     values are written at `cache_index` and attention runs over the whole cache under `mask`.
     """
     cfg = self.cfg
-    q = self._proj("q_proj", cfg.num_heads, "heads", x)
-    k = self._proj("k_proj", cfg.num_kv_heads, "kv_heads", x)
-    v = self._proj("v_proj", cfg.num_kv_heads, "kv_heads", x)
+
+    def qkv(name, heads, axis):
+      return Projection(cfg, ("embed", axis, "head_dim"), (cfg.hidden_size, heads, cfg.head_dim),
+                        "bte,ehd->bthd", (axis, "head_dim"), name=name)(x)
+
+    q = qkv("q_proj", cfg.num_heads, "heads")
+    k = qkv("k_proj", cfg.num_kv_heads, "kv_heads")
+    v = qkv("v_proj", cfg.num_kv_heads, "kv_heads")
     q = nn.with_logical_constraint(apply_rope(q, positions, cfg.rope_theta),
                                    ("batch", "length", "heads", "head_dim"))
     k = nn.with_logical_constraint(apply_rope(k, positions, cfg.rope_theta),
@@ -83,10 +105,9 @@ class Attention(nn.Module):
       out = attention.xla_attention(q, layer_cache["k"].astype(q.dtype),
                                     layer_cache["v"].astype(q.dtype), mask)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
-    out = nn.DenseGeneral(
-        features=cfg.hidden_size, axis=(-2, -1), use_bias=False, name="o_proj",
-        dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-        kernel_init=_init(("heads", "head_dim", "embed")))(out)
+    out = Projection(cfg, ("heads", "head_dim", "embed"),
+                     (cfg.num_heads, cfg.head_dim, cfg.hidden_size), "bthd,hde->bte",
+                     name="o_proj")(out)
     return out, layer_cache
 
 
@@ -98,14 +119,11 @@ class MLP(nn.Module):
   def __call__(self, x):
     cfg = self.cfg
 
-    def dense(name, features, names):
-      return nn.Dense(features, use_bias=False, name=name, dtype=cfg.compute_dtype,
-                      param_dtype=cfg.weight_dtype, kernel_init=_init(names))
-
-    gate = dense("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
-    up = dense("up_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+    e, m = cfg.hidden_size, cfg.intermediate_size
+    gate = Projection(cfg, ("embed", "mlp"), (e, m), "bte,em->btm", name="gate_proj")(x)
+    up = Projection(cfg, ("embed", "mlp"), (e, m), "bte,em->btm", name="up_proj")(x)
     hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
-    return dense("down_proj", cfg.hidden_size, ("mlp", "embed"))(hidden)
+    return Projection(cfg, ("mlp", "embed"), (m, e), "btm,me->bte", name="down_proj")(hidden)
 
 
 class DecoderLayer(nn.Module):

@@ -92,7 +92,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
                     num_microbatches: int = 1,
                     rules: rules_lib.LogicalRules = rules_lib.LOGICAL_AXIS_RULES,
-                    donate: bool = True, constrain_activations: bool = False) -> TrainStep:
+                    donate: bool = True, constrain_activations: bool = True) -> TrainStep:
   """Builds the jitted training step.
 
   Args:
@@ -106,11 +106,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     rules: logical-axis rules for the model's activation constraints.
     donate: donate the input state's buffers.
     constrain_activations: trace under `jax.set_mesh(mesh)` so the model's
-      `nn.with_logical_constraint` calls shard activations by `rules`. Off by default: with
-      flax 0.12.8, `nn.DenseGeneral` with logically partitioned kernels fails its apply-time
-      shape check under a global mesh. Off, activations follow XLA's sharding propagation
-      from the parameter and batch shardings (same results).
-
+      `nn.with_logical_constraint` calls shard activations by `rules` and the Pallas
+      attention kernel runs per shard under `shard_map`. Off, activations follow XLA's
+      sharding propagation from the parameter and batch shardings (same results).
   Returns:
     A `TrainStep`. Metrics (scalars, on device): loss, grad_norm (before clipping),
     learning_rate, finite, weight (summed loss weight, e.g. target tokens), tokens (batch
