@@ -345,10 +345,89 @@ def run_pipeline(config, workdir: str) -> dict:
   return results
 
 
+# ----------------------------------------------------------------------------- eval stage
+
+
+def _check_eval_stage(config) -> list[str]:
+  """Problems of an eval config, found before any compute."""
+  from qmath_jax.evaluation import benchmarks, runner  # pylint: disable=g-import-not-at-top
+  problems = []
+  sources = [k for k in ("checkpoint", "params_dir", "hf_dir") if config.init.get(k)]
+  if len(sources) != 1:
+    problems.append("config.init: give exactly one of checkpoint, params_dir, hf_dir "
+                    f"(got {sources or 'none'})")
+  for key in sources:
+    if not os.path.isdir(config.init[key]):
+      problems.append(f"config.init.{key}: {config.init[key]!r} is not a directory")
+  if not config.tokenizer.path or not os.path.exists(config.tokenizer.path):
+    problems.append(f"config.tokenizer.path: {config.tokenizer.path!r} does not exist")
+  try:
+    eval_config = runner.EvalConfig.from_mapping(config.eval)
+  except (ValueError, TypeError) as e:
+    return problems + [f"config.eval: {e}"]
+  if eval_config.prompt_type not in ("cot", "tir"):
+    problems.append(f"config.eval.prompt_type: expected 'cot' or 'tir', got "
+                    f"{eval_config.prompt_type!r}")
+  unknown = [d for d in eval_config.datasets if d not in benchmarks.BENCHMARKS]
+  if unknown:
+    problems.append(f"config.eval.datasets: unknown {unknown}; known: "
+                    f"{', '.join(sorted(benchmarks.BENCHMARKS))}")
+  return problems
+
+
+@register_stage("eval", check=_check_eval_stage)
+def run_eval_stage(config, workdir: str) -> dict:
+  """Greedy / maj@N / pass@k on the benchmarks with `config.init`'s params (CoT or TIR).
+
+  Writes `<workdir>/samples/<dataset>.jsonl` (resumable), `eval_results.json`,
+  `eval_report.md` and `eval_scores.png`; returns the headline metric and group averages.
+  """
+  from qmath_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+  from qmath_jax.sampling import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
+  from qmath_jax.sampling import tir  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer.path)
+  model_cfg = _model_config(config, tokenizer)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
+  params = _load_init_params(config, checkpoint_lib.abstract_with_shardings(
+      abstract, jax.tree.map(lambda _: device, abstract)))
+  sampler = sampler_lib.Sampler(model_cfg, params, tokenizer)
+  eval_config = runner.EvalConfig.from_mapping(config.eval)
+  if eval_config.prompt_type != "tir":
+    results = runner.run_eval(sampler, workdir, eval_config)
+  else:
+    from qmath_jax.sandbox import PythonSandbox  # pylint: disable=g-import-not-at-top
+    with PythonSandbox(timeout=config.sandbox.timeout,
+                       num_workers=config.sandbox.num_workers or None) as sandbox:
+      results = runner.run_eval(tir.TirSampler(sampler, tokenizer, sandbox), workdir, eval_config)
+  return {"metric": results["metric"], "averages": results["averages"],
+          "datasets": {name: scores.get(results["metric"])
+                       for name, scores in results["datasets"].items()}}
+
+
 # ----------------------------------------------------------------------------- accuracy
 
 
 ACCURACY_FILE = "accuracy.json"
+
+
+def _latest_run_params(run_dir: str):
+  """(ModelConfig, params on one device, step) of a run directory's latest checkpoint."""
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, loop.CHECKPOINT_DIR))
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{run_dir}: no checkpoint to read params from")
+    meta = checkpointer.read_meta(step)
+  finally:
+    checkpointer.close()
+  model_cfg = model_config.ModelConfig(**meta[MODEL_META])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
+  params = checkpoint_lib.restore_params(
+      os.path.join(run_dir, loop.CHECKPOINT_DIR),
+      checkpoint_lib.abstract_with_shardings(abstract, jax.tree.map(lambda _: device, abstract)))
+  return model_cfg, params, step
 
 
 def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, seed: int,
@@ -362,18 +441,7 @@ def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, see
   from qmath_jax.evaluation import extract  # pylint: disable=g-import-not-at-top
   from qmath_jax.evaluation import grader  # pylint: disable=g-import-not-at-top
   from qmath_jax.sampling import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, loop.CHECKPOINT_DIR))
-  try:
-    step = checkpointer.latest_step()
-    meta = checkpointer.read_meta(step)
-  finally:
-    checkpointer.close()
-  model_cfg = model_config.ModelConfig(**meta[MODEL_META])
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
-  params = checkpoint_lib.restore_params(
-      os.path.join(run_dir, loop.CHECKPOINT_DIR),
-      checkpoint_lib.abstract_with_shardings(abstract, jax.tree.map(lambda _: device, abstract)))
+  model_cfg, params, step = _latest_run_params(run_dir)
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
   sampler = sampler_lib.Sampler(model_cfg, params, tokenizer)
   problems = synthetic.generate(num_problems, seed=seed, split="test")

@@ -220,3 +220,25 @@ def generate_tir(sampler: types.SamplerLike, tokenizer: TokenizerLike, executor:
   for p, s in active:
     samples[p][s].finish_reason = types.FINISH_LENGTH
   return samples
+
+
+class TirSampler:
+  """The TIR loop behind the plain sampler interface (`types.SamplerLike`), for evaluation.
+
+  `generate` runs `generate_tir` and returns each TirSample as a Completion whose text is the
+  whole transcript (model text with interpreter outputs spliced in).
+  """
+
+  def __init__(self, sampler: types.SamplerLike, tokenizer: TokenizerLike,
+               executor: ExecutorLike, max_calls: int = 4):
+    self.sampler, self.tokenizer, self.executor = sampler, tokenizer, executor
+    self.max_calls = max_calls
+
+  def generate(self, prompts: Sequence[str], n: int = 1, *, temperature: float = 0.0,
+               top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 2048,
+               stop: Sequence[str] = DEFAULT_STOP, seed: int = 0) -> list[list[types.Completion]]:
+    samples = generate_tir(self.sampler, self.tokenizer, self.executor, prompts, n,
+                           max_calls=self.max_calls, temperature=temperature, top_p=top_p,
+                           top_k=top_k, max_new_tokens=max_new_tokens, stop=stop, seed=seed)
+    return [[types.Completion(text=s.text, token_ids=s.token_ids, logprobs=s.logprobs,
+                              finish_reason=s.finish_reason) for s in row] for row in samples]

@@ -1,0 +1,56 @@
+r"""The eval stage: the report's benchmarks with CoT or TIR prompts, greedy or maj@N.
+
+    python -m qmath_jax.main --config=configs/eval.py --workdir=/runs/eval_7b \
+        --config.init.hf_dir=/ckpt/Qwen2.5-Math-7B-Instruct \
+        --config.tokenizer.path=/ckpt/Qwen2.5-Math-7B-Instruct
+    python -m qmath_jax.main --config=configs/eval.py:mode=maj8,prompt=tir ...
+
+Modes (SPEC): `greedy` (temperature 0), `maj8` (n=8, temperature 0.7, top_p 0.8). Params come
+from exactly one of `init.checkpoint` (a run's workdir), `init.params_dir`, `init.hf_dir`.
+Benchmark files are read from `eval.data_dir` (default: $QMATH_DATA_DIR, then ../shared/data).
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "qmath_configs_common", os.path.join(os.path.dirname(__file__), "common.py"))
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
+import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPORT_DATASETS = ("gsm8k", "math", "minerva_math", "gaokao2023en", "olympiadbench",
+                   "college_math", "mmlu_stem", "gaokao2024_mix", "cmath", "cn_middle_school",
+                   "aime24", "amc23")
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, {"mode": "greedy", "prompt": "cot", "model": "qwen2.5-math-7b"})
+  if args["mode"] not in ("greedy", "maj8"):
+    raise ValueError(f"eval config: mode={args['mode']!r}; expected greedy or maj8")
+  base = common.base_config("eval", args["model"])
+  c = ml_collections.ConfigDict()
+  c.stage = "eval"
+  c.seed = 0
+  c.model = base.model
+  c.model.remat_policy = "none"
+  c.init = base.init
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ""
+  c.eval = ml_collections.ConfigDict()
+  c.eval.datasets = REPORT_DATASETS
+  c.eval.prompt_type = args["prompt"]
+  c.eval.n = 1 if args["mode"] == "greedy" else 8
+  c.eval.temperature = 0.0 if args["mode"] == "greedy" else 0.7
+  c.eval.top_p = 1.0 if args["mode"] == "greedy" else 0.8
+  c.eval.max_new_tokens = 2048
+  c.eval.batch_size = 64
+  c.eval.limit = ml_collections.FieldReference(None, field_type=int)
+  c.eval.pass_k = (1, 8)
+  c.eval.seed = 0
+  c.eval.data_dir = ""
+  c.sandbox = ml_collections.ConfigDict()
+  c.sandbox.timeout = 5.0     # seconds per program (SPEC)
+  c.sandbox.num_workers = 0   # 0: one per core
+  return c
