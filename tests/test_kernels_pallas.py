@@ -1,0 +1,73 @@
+"""Both Pallas kernels (GPU/Triton and TPU/Mosaic), in interpret mode, against the reference.
+
+Fresh random inputs each run (the seed is in the failure message); forward and each gradient
+have their own tolerance (`testing.TOLERANCES`).
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from qmath_jax.kernels import BlockSizes
+from qmath_jax.kernels import testing
+
+SMALL_BLOCKS = {
+    "gpu": BlockSizes(block_q=64, block_k=32, block_q_dkv=32, block_k_dkv=64,
+                      block_q_dq=64, block_k_dq=32),
+    # The smallest tiles Mosaic takes for these layouts: 128 along the sequence.
+    "tpu": BlockSizes(block_q=128, block_k=128, block_q_dkv=128, block_k_dkv=128,
+                      block_q_dq=128, block_k_dq=128),
+}
+BACKENDS = tuple(SMALL_BLOCKS)
+
+
+def _check(backend, length, ratio, segments, dtype, head_dim, causal=True, small_blocks=True,
+           batch=2):
+  seed = int(np.random.SeedSequence().entropy % (2**31))
+  kv_heads = 1 if ratio == 7 else 2
+  inputs = testing.random_inputs(seed, batch, length, ratio * kv_heads, kv_heads, head_dim,
+                                 dtype, segments)
+  errors = testing.kernel_errors(*inputs, causal=causal, backend=backend, interpret=True,
+                                 block_sizes=SMALL_BLOCKS[backend] if small_blocks else None)
+  for name, limit in testing.TOLERANCES[dtype].items():
+    assert errors[name] <= limit, f"{backend} {name} error {errors[name]:.3g} > {limit} (seed {seed})"
+
+
+# A representative subset by default (interpret mode is slow): padding, grouped heads (7:1
+# too), packed segments, both dtypes, several blocks per row. The grid below is slow.
+@pytest.mark.parametrize("backend,length,ratio,segments,dtype,head_dim", [
+    ("gpu", 200, 7, True, "float32", 64),
+    ("gpu", 256, 2, False, "bfloat16", 128),
+    ("tpu", 200, 2, True, "float32", 64),
+])
+def test_matches_reference(backend, length, ratio, segments, dtype, head_dim):
+  _check(backend, length, ratio, segments, dtype, head_dim, batch=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("length,ratio,segments,dtype,head_dim,causal", [
+    (200, 1, True, "bfloat16", 128, False),
+    (256, 1, False, "bfloat16", 128, False),
+    (200, 7, True, "bfloat16", 128, False),
+    (384, 4, True, "bfloat16", 64, True),
+    (384, 2, False, "float32", 64, True),
+    (128, 2, False, "float32", 64, False),
+])
+def test_matches_reference_more(backend, length, ratio, segments, dtype, head_dim, causal):
+  _check(backend, length, ratio, segments, dtype, head_dim, causal)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_default_blocks_odd_length(backend):
+  _check(backend, 200, 2, True, "float32", 128, small_blocks=False, batch=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("length,ratio,segments,dtype", list(itertools.product(
+    (128, 200, 384, 1024), (1, 2, 4, 7), (False, True), ("float32", "bfloat16"))))
+def test_full_grid(backend, length, ratio, segments, dtype):
+  _check(backend, length, ratio, segments, dtype, head_dim=128 if length % 256 else 64)
