@@ -15,9 +15,9 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from qmath_jax import kernels
+from qmath_jax.kernels import testing
 
 # (batch, length, heads, kv_heads, head_dim, dtype, causal, packed)
 CASES = [
@@ -31,31 +31,10 @@ CASES = [
 TOLERANCE = {"bfloat16": 3e-2, "float32": 1e-4}
 
 
-def packed_ids(rng, batch, length):
-  cuts = np.sort(rng.integers(1, length, size=(batch, 3)), axis=1)
-  ids = np.zeros((batch, length), np.int32)
-  for row in range(batch):
-    for cut in cuts[row]:
-      ids[row, cut:] += 1
-  return jnp.asarray(ids)
-
-
-def relative_error(ours, ref):
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  if not np.all(np.isfinite(ours)):
-    return float("inf")
-  return float(np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
 def check_case(case, seed, interpret):
   batch, length, heads, kv_heads, head_dim, dtype, causal, packed = case
-  rng = np.random.default_rng(seed)
-  keys = jax.random.split(jax.random.key(seed), 4)
-  q = jax.random.normal(keys[0], (batch, length, heads, head_dim), dtype)
-  k = jax.random.normal(keys[1], (batch, length, kv_heads, head_dim), dtype)
-  v = jax.random.normal(keys[2], (batch, length, kv_heads, head_dim), dtype)
-  d_out = jax.random.normal(keys[3], q.shape, dtype)
-  segment_ids = packed_ids(rng, batch, length) if packed else None
+  q, k, v, d_out, segment_ids = testing.random_inputs(seed, batch, length, heads, kv_heads,
+                                                      head_dim, dtype, packed)
 
   def ours(q, k, v):
     return kernels.flash_attention(q, k, v, segment_ids=segment_ids, causal=causal,
@@ -71,7 +50,7 @@ def check_case(case, seed, interpret):
   got = jax.jit(lambda q, k, v: value_and_grads(ours, q, k, v))(q, k, v)
   upcast = [x.astype(jnp.float32) for x in (q, k, v)]
   want = jax.jit(lambda q, k, v: value_and_grads(ref, q, k, v))(*upcast)
-  errors = {name: relative_error(a, b) for name, a, b in zip(("out", "dq", "dk", "dv"), got, want)}
+  errors = {name: testing.relative_error(a, b) for name, a, b in zip(("out", "dq", "dk", "dv"), got, want)}
   passed = all(e <= TOLERANCE[dtype] for e in errors.values())
   return dict(batch=batch, length=length, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
               dtype=dtype, causal=causal, packed=packed, errors=errors, passed=passed)
