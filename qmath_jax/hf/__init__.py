@@ -87,7 +87,9 @@ def load_hf(hf_dir, dtype: str = "float32", shardings=None, config: ModelConfig 
     else:
       names = [entry.hf_name]
       checkpoint.get(entry.hf_name, entry.hf_shape)
-    ours_shape = entry.to_ours(np.empty(entry.hf_shape, np.int8)).shape
+    # Shape only: no host buffer (a 72B embedding would otherwise allocate gigabytes here).
+    ours_shape = jax.eval_shape(entry.to_ours,
+                                jax.ShapeDtypeStruct(entry.hf_shape, np.int8)).shape
     shape = ((cfg.num_layers,) if entry.stacked else ()) + ours_shape
 
     def read(index, entry=entry, names=names):
