@@ -36,6 +36,10 @@ def get_config(arg=None):
   c.model = base.model
   c.model.remat_policy = "none"
   c.init = base.init
+  c.mesh = ml_collections.ConfigDict()
+  # Rows split over 'data'; e.g. (-1, 1, 4) splits each weight and the KV cache 4 ways
+  # (tensor parallel) when a model does not fit one device.
+  c.mesh.shape = (-1, 1, 1)
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""
   c.eval = ml_collections.ConfigDict()

@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 import ml_collections
 from ml_collections import config_flags
 
@@ -362,6 +363,10 @@ def _check_eval_stage(config) -> list[str]:
   if not config.tokenizer.path or not os.path.exists(config.tokenizer.path):
     problems.append(f"config.tokenizer.path: {config.tokenizer.path!r} does not exist")
   try:
+    mesh_lib.resolve_mesh_shape(tuple(config.mesh.shape), jax.device_count())
+  except (ValueError, TypeError, AttributeError) as e:
+    problems.append(f"config.mesh.shape: {e}")
+  try:
     eval_config = runner.EvalConfig.from_mapping(config.eval)
   except (ValueError, TypeError) as e:
     return problems + [f"config.eval: {e}"]
@@ -387,11 +392,13 @@ def run_eval_stage(config, workdir: str) -> dict:
   from qmath_jax.sampling import tir  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer.path)
   model_cfg = _model_config(config, tokenizer)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
+  mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
+  boxed = jax.eval_shape(
+      lambda: transformer.init_params(model_cfg, jax.random.key(0), boxed=True))
+  abstract = nn.unbox(boxed)
   params = _load_init_params(config, checkpoint_lib.abstract_with_shardings(
-      abstract, jax.tree.map(lambda _: device, abstract)))
-  sampler = sampler_lib.Sampler(model_cfg, params, tokenizer)
+      abstract, rules_lib.tree_shardings(boxed, mesh)))
+  sampler = sampler_lib.Sampler(model_cfg, params, tokenizer, mesh=mesh)
   eval_config = runner.EvalConfig.from_mapping(config.eval)
   if eval_config.prompt_type != "tir":
     results = runner.run_eval(sampler, workdir, eval_config)

@@ -68,6 +68,7 @@ def test_eval_stage_over_every_dataset(tiny_run, data_dir, tmp_path):
 def test_eval_stage_tir_runs_the_sandbox_loop(tiny_run, data_dir, tmp_path):
   config = _config(tiny_run, data_dir, "prompt=tir", datasets=("gsm8k", "math"))
   config.sandbox.num_workers = 1
+  config.mesh.shape = (2, 1, 4)  # rows over data, weights split 4 ways (tensor parallel)
   summary = main.run(config, str(tmp_path))
   assert set(summary["datasets"]) == {"gsm8k", "math"}
   assert json.loads((tmp_path / "eval_results.json").read_text())["config"]["prompt_type"] == "tir"
@@ -78,9 +79,11 @@ def test_eval_config_errors_before_compute(tiny_run, tmp_path):
   config.tokenizer.path = tiny_run[0]
   config.eval.prompt_type = "pot"
   config.eval.datasets = ("gsm8k", "nope")
+  config.mesh.shape = (3, 1, 1)
   with pytest.raises(config_validation.ConfigError) as err:
     main.run(config, str(tmp_path))
   message = str(err.value)
   assert "config.init" in message and "config.eval.prompt_type" in message
   assert "unknown ['nope']" in message
+  assert "config.mesh.shape" in message
   assert not list(tmp_path.iterdir())

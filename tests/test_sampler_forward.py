@@ -10,6 +10,7 @@ from qmath_jax.parallel.mesh import make_mesh
 from qmath_jax.sampling import sampler as sampler_lib
 from qmath_jax.sampling.sampler import Sampler
 from qmath_jax.sampling.testing import TableTokenizer, default_table, perturbed_params
+from qmath_jax.sampling.weights import TensorLayout
 
 PROMPTS = ["x=1+2", "abc def gh(", "7*8"]  # 5, 11, 3 tokens: left padding up to 16
 NEW = 12
@@ -133,6 +134,41 @@ def test_mesh_sharded_equals_single_device(model):
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
     for x, y in zip(a, b):
       np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,layout", [
+    ((2, 2, 2), TensorLayout(attn=2, mlp=2, vocab=2)),
+    # 2 kv heads do not split 4 ways: attention stays whole, the MLP and vocabulary split.
+    ((2, 1, 4), TensorLayout(attn=1, mlp=4, vocab=4)),
+])
+def test_tensor_parallel_equals_single_device(model, shape, layout):
+  cfg, params, tokenizer = model
+  knobs = dict(n=2, temperature=1.3, top_k=50, top_p=0.95, max_new_tokens=NEW, seed=3)
+  plain = Sampler(cfg, params, tokenizer).generate(PROMPTS, **knobs)
+  sampler = Sampler(cfg, params, tokenizer, mesh=make_mesh(shape))
+  assert sampler.layout == layout
+  layer = sampler._weights["layers"][0]  # pylint: disable=protected-access
+  shard = lambda x: x.addressable_shards[0].data.shape
+  tensor = shape[2]
+  assert shard(layer["w_down"]) == (cfg.intermediate_size // tensor, cfg.hidden_size)
+  assert shard(layer["w_gate_up"])[1:] == (1, 2 * cfg.intermediate_size // tensor)
+  assert shard(layer["wo"])[0] == cfg.num_heads * cfg.head_dim // layout.attn
+  assert shard(sampler._weights["lm_head"]) == (cfg.hidden_size, cfg.vocab_size // tensor)  # pylint: disable=protected-access
+  sharded = sampler.generate(PROMPTS, **knobs)
+  for a, b in zip(plain, sharded):
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    for x, y in zip(a, b):
+      np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=0, atol=1e-5)
+
+
+def test_tensor_layout_of_the_presets():
+  mesh = lambda tensor: make_mesh((-1, 1, tensor))
+  # Qwen2.5-Math-1.5B: 2 kv heads, MLP 8960, vocabulary 151936.
+  cfg = get_config("qwen2.5-math-1.5b")
+  assert TensorLayout.for_mesh(cfg, mesh(2)) == TensorLayout(2, 2, 2)
+  assert TensorLayout.for_mesh(cfg, mesh(8)) == TensorLayout(1, 8, 8)
+  assert TensorLayout.for_mesh(get_config("qwen2.5-math-7b"), mesh(4)) == TensorLayout(4, 4, 4)
+  assert TensorLayout.for_mesh(cfg, None) == TensorLayout(1, 1, 1)
 
 
 def test_update_params_reuses_compiled_code(model):

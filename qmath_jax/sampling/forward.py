@@ -14,7 +14,9 @@ key and value at the same own-cache slot; the prompt is left-padded (segment id 
 last prompt slot holds every prompt's last token, and true positions come through `positions`.
 
 Numerics follow `qmath_jax.model`: matmuls in the compute dtype, RMSNorm and softmax in fp32,
-logits in fp32. Weights come from `qmath_jax.sampling.weights.prepare`.
+logits in fp32. Weights come from `qmath_jax.sampling.weights.prepare`; on a tensor-parallel
+mesh they arrive split over heads, MLP units and vocabulary, and XLA partitions these functions
+from those shardings.
 """
 
 import jax
@@ -34,18 +36,27 @@ def rms_norm(x, scale, eps: float):
   return scale * x32.astype(scale.dtype)
 
 
-def _split_qkv(cfg: ModelConfig, qkv):
-  """[..., (heads + 2 kv_heads) head_dim] -> q [..., heads, head_dim], k, v [..., kv_heads, head_dim]."""
-  h, k, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  q = qkv[..., :h * d].reshape(qkv.shape[:-1] + (h, d))
-  key = qkv[..., h * d:(h + k) * d].reshape(qkv.shape[:-1] + (k, d))
-  value = qkv[..., (h + k) * d:].reshape(qkv.shape[:-1] + (k, d))
+def _qkv(cfg: ModelConfig, layer, x):
+  """x `[..., embed]` -> q `[..., heads, head_dim]`, k, v `[..., kv_heads, head_dim]`.
+
+  The fused weight holds one block per attention shard (`weights.TensorLayout`); heads keep
+  their order (shard-major).
+  """
+  qkv = jnp.einsum("...e,eaf->...af", x, layer["wqkv"]) + layer["bqkv"]
+  shards = qkv.shape[-2]
+  h, k, d = cfg.num_heads // shards, cfg.num_kv_heads // shards, cfg.head_dim
+  lead = qkv.shape[:-2]
+  q = qkv[..., :h * d].reshape(lead + (shards * h, d))
+  key = qkv[..., h * d:(h + k) * d].reshape(lead + (shards * k, d))
+  value = qkv[..., (h + k) * d:].reshape(lead + (shards * k, d))
   return q, key, value
 
 
 def _mlp(layer, x):
-  gate, up = jnp.split(x @ layer["w_gate_up"], 2, axis=-1)
-  return (jax.nn.silu(gate) * up) @ layer["w_down"]
+  """SwiGLU over per-shard [gate ; up] blocks: x `[..., embed]` -> `[..., embed]`."""
+  gate, up = jnp.split(jnp.einsum("...e,emf->...mf", x, layer["w_gate_up"]), 2, axis=-1)
+  units = jax.nn.silu(gate) * up
+  return units.reshape(x.shape[:-1] + (-1,)) @ layer["w_down"]
 
 
 def logits_of(cfg: ModelConfig, weights, hidden):
@@ -80,7 +91,7 @@ def prefill(cfg: ModelConfig, weights, tokens, positions, segment_ids):
   cache = []
   for layer in weights["layers"]:
     h = rms_norm(x, layer["input_norm"], cfg.rms_norm_eps)
-    q, k, v = _split_qkv(cfg, h @ layer["wqkv"] + layer["bqkv"])
+    q, k, v = _qkv(cfg, layer, h)
     q = apply_rope(q, positions, cfg.rope_theta)
     k = apply_rope(k, positions, cfg.rope_theta)
     out = attention.causal_attention(q, k, v, segment_ids, impl, mask)
@@ -168,7 +179,7 @@ def decode_step(cfg: ModelConfig, weights, prompt_cache, prompt_valid, own_cache
   new_cache = []
   for layer, prompt_layer, own_layer in zip(weights["layers"], prompt_cache, own_cache):
     h = rms_norm(x, layer["input_norm"], cfg.rms_norm_eps)
-    q, k, v = _split_qkv(cfg, h @ layer["wqkv"] + layer["bqkv"])
+    q, k, v = _qkv(cfg, layer, h)
     q = apply_rope(q[:, None], positions[:, None], cfg.rope_theta)[:, 0]
     k = apply_rope(k[:, None], positions[:, None], cfg.rope_theta)[:, 0]
     start = (0, 0, slot, 0)

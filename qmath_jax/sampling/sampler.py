@@ -28,8 +28,9 @@ How a call runs:
   the batch it ran in (up to floating-point differences between compiled batch shapes).
 - Log-probs: fp32 `log_softmax` of the model's logits at each sampled token, i.e. under the
   temperature-1, unfiltered model distribution, whatever the sampling settings.
-- On a mesh, rows, caches and prompts are split over the batch axes ('data', 'fsdp'); the
-  decode weights are replicated.
+- On a mesh, rows, caches and prompts are split over the batch axes ('data', 'fsdp'), and the
+  decode weights over 'tensor' (heads, MLP units, vocabulary: `weights.TensorLayout`), the KV
+  caches with their heads; the weights are laid out straight into their shards.
 """
 
 import collections
@@ -85,12 +86,18 @@ def _eos_hit(tokens, eos_ids):
   return jnp.any(tokens[:, None] == eos_ids[None, :], axis=-1)
 
 
-def _batch_sharded(mesh, x):
-  """Constrains dimension 0 of x to the batch axes (no-op without a mesh)."""
+def _batch_sharded(mesh, x, *rest):
+  """Constrains dimension 0 of x to the batch axes, the next ones to `rest` (no-op without a mesh)."""
   if mesh is None:
     return x
   return jax.lax.with_sharding_constraint(
-      x, NamedSharding(mesh, PartitionSpec(mesh_lib.BATCH_AXES)))
+      x, NamedSharding(mesh, PartitionSpec(mesh_lib.BATCH_AXES, *rest)))
+
+
+def _cache_sharded(cfg: ModelConfig, mesh, x):
+  """Constrains a K or V cache `[batch, kv_heads, length, head_dim]`: heads as the weights."""
+  heads_split = weights.TensorLayout.for_mesh(cfg, mesh).attn > 1
+  return _batch_sharded(mesh, x, weights.TENSOR_AXIS if heads_split else None)
 
 
 def _sample(mode: Mode, logits, keys, knobs):
@@ -109,7 +116,7 @@ def _start(weights_, tokens, positions, segment_ids, prompt_lens, row_ids, activ
   """
   TRACES["prefill"] += 1
   logits, prompt_cache = forward.prefill(cfg, weights_, tokens, positions, segment_ids)
-  prompt_cache = jax.tree.map(functools.partial(_batch_sharded, mesh), prompt_cache)
+  prompt_cache = jax.tree.map(functools.partial(_cache_sharded, cfg, mesh), prompt_cache)
   row_keys = jax.vmap(lambda ids: jax.random.fold_in(
       jax.random.fold_in(seed_key, ids[0]), ids[1]))(row_ids)
   step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, 0)
@@ -117,8 +124,8 @@ def _start(weights_, tokens, positions, segment_ids, prompt_lens, row_ids, activ
   token, logprob = _sample(mode, rows_logits, step_keys, knobs)
   rows = token.shape[0]
   shape = (rows, cfg.num_kv_heads, own_len, cfg.head_dim)
-  own_cache = [{"k": _batch_sharded(mesh, jnp.zeros(shape, cfg.compute_dtype)),
-                "v": _batch_sharded(mesh, jnp.zeros(shape, cfg.compute_dtype))}
+  own_cache = [{"k": _cache_sharded(cfg, mesh, jnp.zeros(shape, cfg.compute_dtype)),
+                "v": _cache_sharded(cfg, mesh, jnp.zeros(shape, cfg.compute_dtype))}
                for _ in range(cfg.num_layers)]
   state = {
       "prompt_cache": prompt_cache,
@@ -180,6 +187,14 @@ def _decode(weights_, state, stopped, limit, knobs, eos_ids, *, cfg, mode, chunk
   return state, carry["tokens"], carry["logprobs"], carry["num"] - first, carry["done"]
 
 
+@functools.lru_cache(maxsize=16)
+def _prepare_sharded(cfg: ModelConfig, layout: weights.TensorLayout, mesh):
+  """`weights.prepare` jitted to write each weight straight into its shards on `mesh`."""
+  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec),
+                           weights.partition_specs(cfg, layout))
+  return jax.jit(functools.partial(weights.prepare, cfg, layout=layout), out_shardings=shardings)
+
+
 class Sampler:
   """Generates completions for prompt strings (or token ids) with a Qwen2.5 model."""
 
@@ -191,7 +206,8 @@ class Sampler:
       model_config: the model's config (its `dtype` is the compute and cache dtype).
       params: `Transformer` parameters (unboxed tree).
       tokenizer: `qmath_jax.data.tokenizer.Tokenizer`-like: encode, decode, pad_id, eos_ids.
-      mesh: optional mesh; rows are split over its ('data', 'fsdp') axes.
+      mesh: optional mesh; rows are split over its ('data', 'fsdp') axes, weights and KV
+        heads over 'tensor'.
       max_rows: most rows (prompts x n) decoded together; larger calls run in batches.
       stop_check_interval: decode steps between host checks for stop strings.
     """
@@ -211,6 +227,7 @@ class Sampler:
     self.pad_id = int(tokenizer.pad_id)
     self.last_stats: dict = {}
     self._shards = 1 if mesh is None else mesh_lib.batch_shards(mesh)
+    self.layout = weights.TensorLayout.for_mesh(model_config, mesh)
     self.update_params(params)
 
   # -- parameters and placement -------------------------------------------------------------
@@ -218,10 +235,10 @@ class Sampler:
   def update_params(self, params) -> None:
     """Replaces the weights (e.g. after an RL step); compiled functions are reused."""
     weights.check_params(self.cfg, params)
-    prepared = weights.prepare_jit(self.cfg, params)
-    if self.mesh is not None:
-      prepared = jax.device_put(prepared, NamedSharding(self.mesh, PartitionSpec()))
-    self._weights = prepared
+    if self.mesh is None:
+      self._weights = weights.prepare_jit(self.cfg, params, self.layout)
+      return
+    self._weights = _prepare_sharded(self.cfg, self.layout, self.mesh)(params)
 
   def _put(self, x, batched: bool):
     if self.mesh is None:

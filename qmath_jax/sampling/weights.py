@@ -3,39 +3,77 @@
 The training tree stacks every layer on a leading axis (for `nn.scan`) and keeps q/k/v and
 gate/up as separate kernels. A decode step reads every weight once per token, so the sampler
 unrolls the layers over separate per-layer arrays (no dynamic slice of a stacked weight, which
-XLA would copy) and fuses q/k/v and gate/up into one matrix each (fewer, larger matmuls):
+XLA would copy) and fuses q/k/v and gate/up into one matrix each (fewer, larger matmuls).
+With `a` attention shards and `m` MLP shards (`TensorLayout`; 1 and 1 off a tensor-parallel
+mesh), each fused matrix holds one block per shard, so that splitting it over the mesh's
+'tensor' axis gives every device whole heads and the gate and up columns of the same units:
 
     {"embedding": [vocab, embed], "final_norm": [embed], "lm_head": [embed, vocab] or absent,
-     "layers": [ {"input_norm": [embed], "wqkv": [embed, (heads + 2 kv_heads) head_dim],
-                  "bqkv": [(heads + 2 kv_heads) head_dim], "wo": [heads head_dim, embed],
-                  "post_norm": [embed], "w_gate_up": [embed, 2 mlp], "w_down": [mlp, embed]},
+     "layers": [ {"input_norm": [embed],
+                  "wqkv": [embed, a, (heads + 2 kv_heads) / a * head_dim]
+                          (block i: q heads, then k heads, then v heads of shard i),
+                  "bqkv": [a, (heads + 2 kv_heads) / a * head_dim],
+                  "wo": [heads head_dim, embed], "post_norm": [embed],
+                  "w_gate_up": [embed, m, 2 mlp / m] (block i: gate, then up units of shard i),
+                  "w_down": [mlp, embed]},
                  ... one dict per layer ] }
 
-Everything is cast to the model's compute dtype, as Flax's Dense casts it on every call.
+`partition_specs` gives the matching shardings: heads, MLP units and vocabulary over 'tensor'
+(Megatron-style; XLA adds the all-reduces after `wo`, `w_down` and the vocabulary-split
+embedding lookup). Everything is cast to the model's compute dtype, as Flax's Dense casts it on
+every call.
 """
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from qmath_jax.model.config import ModelConfig
 
+TENSOR_AXIS = "tensor"
 
-def _layer(cfg: ModelConfig, layers: dict, i: int) -> dict:
+
+@dataclasses.dataclass(frozen=True)
+class TensorLayout:
+  """How many ways the decode weights split over the mesh's tensor axis.
+
+  Attributes:
+    attn: attention shards: the tensor axis size when it divides the kv heads, else 1
+      (attention weights and the KV cache then stay whole on every device).
+    mlp: MLP shards: the tensor axis size when it divides the MLP width, else 1.
+    vocab: vocabulary shards of the embedding and LM head, likewise.
+  """
+  attn: int = 1
+  mlp: int = 1
+  vocab: int = 1
+
+  @classmethod
+  def for_mesh(cls, cfg: ModelConfig, mesh) -> "TensorLayout":
+    size = 1 if mesh is None else dict(mesh.shape).get(TENSOR_AXIS, 1)
+    fits = lambda n: size if n % size == 0 else 1
+    return cls(attn=fits(cfg.num_kv_heads), mlp=fits(cfg.intermediate_size),
+               vocab=fits(cfg.vocab_size))
+
+
+def _layer(cfg: ModelConfig, layers: dict, i: int, layout: TensorLayout) -> dict:
   e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  a, m = layout.attn, layout.mlp
   attn, mlp = layers["attn"], layers["mlp"]
   dtype = cfg.compute_dtype
-  kernel = lambda name, heads: attn[name]["kernel"][i].reshape(e, heads * d)
-  bias = lambda name, heads: attn[name]["bias"][i].reshape(heads * d)
+  kernel = lambda name, heads: attn[name]["kernel"][i].reshape(e, a, heads // a * d)
+  bias = lambda name, heads: attn[name]["bias"][i].reshape(a, heads // a * d)
+  unit = lambda name: mlp[name]["kernel"][i].reshape(e, m, cfg.intermediate_size // m)
   return {
       "input_norm": layers["input_norm"]["scale"][i].astype(dtype),
       "wqkv": jnp.concatenate([kernel("q_proj", h), kernel("k_proj", k), kernel("v_proj", k)],
                               axis=-1).astype(dtype),
-      "bqkv": jnp.concatenate([bias("q_proj", h), bias("k_proj", k), bias("v_proj", k)]
-                              ).astype(dtype),
+      "bqkv": jnp.concatenate([bias("q_proj", h), bias("k_proj", k), bias("v_proj", k)],
+                              axis=-1).astype(dtype),
       "wo": attn["o_proj"]["kernel"][i].reshape(h * d, e).astype(dtype),
       "post_norm": layers["post_attn_norm"]["scale"][i].astype(dtype),
-      "w_gate_up": jnp.concatenate([mlp["gate_proj"]["kernel"][i], mlp["up_proj"]["kernel"][i]],
-                                   axis=-1).astype(dtype),
+      "w_gate_up": jnp.concatenate([unit("gate_proj"), unit("up_proj")], axis=-1).astype(dtype),
       "w_down": mlp["down_proj"]["kernel"][i].astype(dtype),
   }
 
@@ -65,17 +103,34 @@ def check_params(cfg: ModelConfig, params) -> None:
                        "from the model config")
 
 
-def prepare(cfg: ModelConfig, params) -> dict:
+def prepare(cfg: ModelConfig, params, layout: TensorLayout = TensorLayout()) -> dict:
   """The decode layout above from the `Transformer` parameter tree (traceable; jit it)."""
   dtype = cfg.compute_dtype
   out = {
       "embedding": params["embedding"].astype(dtype),
       "final_norm": params["final_norm"]["scale"].astype(dtype),
-      "layers": [_layer(cfg, params["layers"], i) for i in range(cfg.num_layers)],
+      "layers": [_layer(cfg, params["layers"], i, layout) for i in range(cfg.num_layers)],
   }
   if not cfg.tie_embeddings:
     out["lm_head"] = params["lm_head"].astype(dtype)
   return out
 
 
-prepare_jit = jax.jit(prepare, static_argnums=0)
+def partition_specs(cfg: ModelConfig, layout: TensorLayout) -> dict:
+  """PartitionSpecs with the structure of `prepare`'s output (whole where a layout says 1)."""
+  over = lambda shards, *spec: P(*spec) if shards > 1 else P()
+  t = TENSOR_AXIS
+  layer = {
+      "input_norm": P(), "post_norm": P(),
+      "wqkv": over(layout.attn, None, t, None), "bqkv": over(layout.attn, t, None),
+      "wo": over(layout.attn, t, None),
+      "w_gate_up": over(layout.mlp, None, t, None), "w_down": over(layout.mlp, t, None),
+  }
+  specs = {"embedding": over(layout.vocab, t, None), "final_norm": P(),
+           "layers": [dict(layer) for _ in range(cfg.num_layers)]}
+  if not cfg.tie_embeddings:
+    specs["lm_head"] = over(layout.vocab, None, t)
+  return specs
+
+
+prepare_jit = jax.jit(prepare, static_argnums=(0, 2))
