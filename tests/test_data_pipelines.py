@@ -132,6 +132,15 @@ def test_over_long_examples_are_counted_or_raise(tok, conversations):
     list(strict.dataset)
 
 
+def test_nothing_fits_raises_instead_of_repeating_forever(tok):
+  long = [{"id": f"long-{i}", "messages": [{"role": "user", "content": "x " * 400},
+                                           {"role": "assistant", "content": "y"}]}
+          for i in range(3)]
+  pipeline = pipelines.sft_pipeline(long, tok, _cfg(batch_size=1, num_epochs=None))
+  with pytest.raises(ValueError, match=r"(?s)no example fits.*'long-\d'"):
+    next(iter(pipeline.dataset))
+
+
 def test_pretrain_chunks_long_documents_and_masks_segment_starts(tok):
   docs = synthetic.corpus(30, seed=1) + [" ".join(["Mia has 12 apples."] * 200)]
   pipeline = pipelines.pretrain_pipeline(docs, tok, _cfg(batch_size=2))

@@ -110,6 +110,28 @@ def _examples(items: Sequence, cfg: PipelineConfig) -> grain.MapDataset:
   return ds
 
 
+def _kept(ds: grain.MapDataset, tokenize, cfg: PipelineConfig, bad_rows: records.BadRows,
+          num_items: int) -> grain.MapDataset:
+  """`ds.map(tokenize)` without the examples it rejects (returns None for).
+
+  Raises ValueError once 2 x (this host's examples) in a row were rejected: every epoch holds
+  each example once, so by then no example fits, and a repeating pipeline would otherwise
+  spin through epochs forever (counted in this process, as the pipelines run in-process).
+  """
+  limit = 2 * len(range(cfg.shard_index, num_items, max(cfg.shard_count, 1)))
+  rejected_in_a_row = [0]
+
+  def keep(example):
+    out = tokenize(example)
+    rejected_in_a_row[0] = 0 if out is not None else rejected_in_a_row[0] + 1
+    if limit and rejected_in_a_row[0] >= limit:
+      raise ValueError(f"no example fits: the last {limit} examples in a row were rejected "
+                       f"({bad_rows.summary()})")
+    return out
+
+  return ds.map(keep).filter(lambda x: x is not None)
+
+
 def _pack_and_batch(ds: grain.IterDataset, cfg: PipelineConfig, pad_id: int) -> grain.IterDataset:
   """Packs {tokens, loss_mask} sequences into [L] rows, then batches them to [B, L]."""
   length = {"tokens": cfg.seq_len, "loss_mask": cfg.seq_len}
@@ -178,7 +200,7 @@ def sft_pipeline(conversations: Sequence[dict], tokenizer, cfg: PipelineConfig) 
       return None
     return {"tokens": np.asarray(tokens, np.int32), "loss_mask": np.asarray(mask, np.int32)}
 
-  ds = _examples(conversations, cfg).map(tokenize).filter(lambda x: x is not None)
+  ds = _kept(_examples(conversations, cfg), tokenize, cfg, bad_rows, len(conversations))
   return Pipeline(_pack_and_batch(ds.to_iter_dataset(), cfg, tokenizer.pad_id), bad_rows)
 
 
@@ -216,7 +238,7 @@ def rm_pipeline(lists: Sequence[dict], tokenizer, cfg: PipelineConfig,
     return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions,
             "lengths": lengths, "labels": np.asarray(example["labels"], np.int32)}
 
-  ds = _examples(lists, cfg).map(tokenize).filter(lambda x: x is not None)
+  ds = _kept(_examples(lists, cfg), tokenize, cfg, bad_rows, len(lists))
   return Pipeline(ds.to_iter_dataset().batch(cfg.batch_size, drop_remainder=True), bad_rows)
 
 
@@ -246,7 +268,7 @@ def rl_pipeline(problems: Sequence[sources.Problem], tokenizer, cfg: PipelineCon
             "lengths": np.int32(len(ids)), "prompt": np.asarray(prompt),
             "answer": np.asarray(problem.answer), "id": np.asarray(problem.id)}
 
-  ds = _examples(problems, cfg).map(tokenize).filter(lambda x: x is not None)
+  ds = _kept(_examples(problems, cfg), tokenize, cfg, bad_rows, len(problems))
   return Pipeline(ds.to_iter_dataset().batch(cfg.batch_size, drop_remainder=True), bad_rows)
 
 
