@@ -1,8 +1,11 @@
 """Helpers for checking a kernel against the reference: inputs, gradients, errors."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export
 
 from qmath_jax.kernels import flash
 from qmath_jax.kernels import reference
@@ -62,3 +65,25 @@ def kernel_errors(q, k, v, d_out, segment_ids, *, causal=True, **kernel_kwargs):
   ref_out, ref_vjp = jax.vjp(oracle, *upcast)
   want = (ref_out,) + ref_vjp(d_out.astype(jnp.float32))
   return {name: relative_error(a, b) for name, a, b in zip(("out", "dq", "dk", "dv"), got, want)}
+
+
+# The custom calls the Pallas backends lower to: Triton kernels for CUDA, Mosaic for TPU.
+KERNEL_CALL_TARGETS = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
+
+
+def lower_for(platform: str, fn, *args, device_kind: str = "TPU v5 lite") -> str:
+  """StableHLO text of `jax.jit(fn)(*args)` lowered for `platform` ("cuda" or "tpu").
+
+  Runs on any host: Pallas kernels go through their Triton or Mosaic lowering here, so a
+  kernel that a backend cannot express fails on this CPU, not first on the accelerator.
+  For "tpu", `device_kind` names the target chip (Mosaic lowering reads its layout facts).
+  """
+  checks = [export.DisabledSafetyCheck.custom_call(t) for t in KERNEL_CALL_TARGETS.values()]
+  context = contextlib.nullcontext()
+  if platform == "tpu":
+    device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=1, platform="tpu")
+    context = jax.sharding.use_abstract_mesh(
+        jax.sharding.AbstractMesh((1,), ("lowering",), abstract_device=device))
+  with context:
+    exported = export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)(*args)
+  return exported.mlir_module()
