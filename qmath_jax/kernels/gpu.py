@@ -57,15 +57,45 @@ def _dot(a, b, *, trans_a=False, trans_b=False):
                              preferred_element_type=jnp.float32)
 
 
-def _mask(q_pos, k_pos, q_seg, k_seg, causal):
-  """Allowed pairs `[rows, cols]` from row/column positions and segment ids (or None)."""
+def _mask(row_pos, col_pos, row_seg, col_seg, causal, keys_on_rows=False):
+  """Allowed pairs `[rows, cols]` from row/column positions and segment ids (or None).
+
+  Queries run along rows unless `keys_on_rows` (the transposed tiles of the dk/dv pass).
+  """
   mask = None
   if causal:
-    mask = q_pos[:, None] >= k_pos[None, :]
-  if q_seg is not None:
-    same = q_seg[:, None] == k_seg[None, :]
+    mask = (row_pos[:, None] <= col_pos[None, :] if keys_on_rows
+            else row_pos[:, None] >= col_pos[None, :])
+  if row_seg is not None:
+    same = row_seg[:, None] == col_seg[None, :]
     mask = same if mask is None else mask & same
   return mask
+
+
+def _key_tile(q, q_pos, q_seg, k_ref, v_ref, k_seg_ref, k_block, block_k, scale_log2, causal):
+  """Loads key block `k_block`; returns (k, v, masked base-2 scores `[block_q, block_k]`)."""
+  k_slice = pl.ds(pl.multiple_of(k_block * block_k, block_k), block_k)
+  k = k_ref[k_slice, :]
+  v = v_ref[k_slice, :]
+  scores = _dot(q, k, trans_b=True) * scale_log2
+  k_seg = k_seg_ref[k_slice] if k_seg_ref is not None else None
+  k_pos = k_block * block_k + jnp.arange(block_k)
+  mask = _mask(q_pos, k_pos, q_seg, k_seg, causal)
+  if mask is not None:
+    scores = jnp.where(mask, scores, MASK_VALUE)
+  return k, v, scores
+
+
+def _over_key_blocks(body, carry, lo, hi, q_block, block_q, block_k, causal):
+  """Folds `body(k_block, carry, apply_causal)` over key blocks [lo, hi) of query block q_block.
+
+  Key blocks wholly at or before the query block's first row need no causal mask.
+  """
+  if not causal:
+    return jax.lax.fori_loop(lo, hi, functools.partial(body, apply_causal=False), carry)
+  mid = jnp.clip((q_block * block_q + 1) // block_k, lo, hi)
+  carry = jax.lax.fori_loop(lo, mid, functools.partial(body, apply_causal=False), carry)
+  return jax.lax.fori_loop(mid, hi, functools.partial(body, apply_causal=True), carry)
 
 
 def _forward_kernel(*refs, causal, has_segments, scale_log2, block_q, block_k):
@@ -73,6 +103,7 @@ def _forward_kernel(*refs, causal, has_segments, scale_log2, block_q, block_k):
     q_ref, k_ref, v_ref, q_seg_ref, k_seg_ref, lo_ref, hi_ref, o_ref, lse_ref = refs
   else:
     q_ref, k_ref, v_ref, lo_ref, hi_ref, o_ref, lse_ref = refs
+    k_seg_ref = None
   q_block = pl.num_programs(0) - 1 - pl.program_id(0)
   q = q_ref[...]
   head_dim = q.shape[-1]
@@ -82,15 +113,8 @@ def _forward_kernel(*refs, causal, has_segments, scale_log2, block_q, block_k):
 
   def body(k_block, carry, apply_causal):
     acc, row_max, row_sum = carry
-    k_slice = pl.ds(pl.multiple_of(k_block * block_k, block_k), block_k)
-    k = k_ref[k_slice, :]
-    v = v_ref[k_slice, :]
-    scores = _dot(q, k, trans_b=True) * scale_log2
-    k_seg = k_seg_ref[k_slice] if has_segments else None
-    k_pos = k_block * block_k + jnp.arange(block_k)
-    mask = _mask(q_pos, k_pos, q_seg, k_seg, causal and apply_causal)
-    if mask is not None:
-      scores = jnp.where(mask, scores, MASK_VALUE)
+    _, v, scores = _key_tile(q, q_pos, q_seg, k_ref, v_ref, k_seg_ref, k_block, block_k,
+                             scale_log2, causal and apply_causal)
     new_max = jnp.maximum(row_max, scores.max(axis=1))
     rescale = jnp.exp2(row_max - new_max)
     probs = jnp.exp2(scores - new_max[:, None])
@@ -101,14 +125,8 @@ def _forward_kernel(*refs, causal, has_segments, scale_log2, block_q, block_k):
   carry = (jnp.zeros((block_q, head_dim), jnp.float32),
            jnp.full((block_q,), MASK_VALUE, jnp.float32),
            jnp.zeros((block_q,), jnp.float32))
-  if causal:
-    # Key blocks wholly at or before the first query row need no causal mask.
-    mid = jnp.clip((q_block * block_q + 1) // block_k, lo, hi)
-    carry = jax.lax.fori_loop(lo, mid, functools.partial(body, apply_causal=False), carry)
-    carry = jax.lax.fori_loop(mid, hi, functools.partial(body, apply_causal=True), carry)
-  else:
-    carry = jax.lax.fori_loop(lo, hi, functools.partial(body, apply_causal=False), carry)
-  acc, row_max, row_sum = carry
+  acc, row_max, row_sum = _over_key_blocks(body, carry, lo, hi, q_block, block_q, block_k,
+                                           causal)
   safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)
   o_ref[...] = (acc / safe_sum[:, None]).astype(o_ref.dtype)
   lse_ref[...] = row_max + jnp.log2(safe_sum)
@@ -189,6 +207,7 @@ def _dq_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, block
      lo_ref, hi_ref, dq_ref) = refs
   else:
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, lo_ref, hi_ref, dq_ref = refs
+    k_seg_ref = None
   q_block = pl.num_programs(0) - 1 - pl.program_id(0)
   q = q_ref[...]
   do = do_ref[...]
@@ -200,27 +219,15 @@ def _dq_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, block
   lo, hi = lo_ref[q_block], hi_ref[q_block]
 
   def body(k_block, dq, apply_causal):
-    k_slice = pl.ds(pl.multiple_of(k_block * block_k, block_k), block_k)
-    k = k_ref[k_slice, :]
-    v = v_ref[k_slice, :]
-    scores = _dot(q, k, trans_b=True) * scale_log2
-    k_seg = k_seg_ref[k_slice] if has_segments else None
-    k_pos = k_block * block_k + jnp.arange(block_k)
-    mask = _mask(q_pos, k_pos, q_seg, k_seg, causal and apply_causal)
-    if mask is not None:
-      scores = jnp.where(mask, scores, MASK_VALUE)
+    k, v, scores = _key_tile(q, q_pos, q_seg, k_ref, v_ref, k_seg_ref, k_block, block_k,
+                             scale_log2, causal and apply_causal)
     probs = jnp.exp2(scores - lse[:, None])
     dprobs = _dot(do, v, trans_b=True)
     dscores = probs * (dprobs - delta[:, None])
     return dq + _dot(dscores.astype(k.dtype), k)
 
-  dq = jnp.zeros((block_q, head_dim), jnp.float32)
-  if causal:
-    mid = jnp.clip((q_block * block_q + 1) // block_k, lo, hi)
-    dq = jax.lax.fori_loop(lo, mid, functools.partial(body, apply_causal=False), dq)
-    dq = jax.lax.fori_loop(mid, hi, functools.partial(body, apply_causal=True), dq)
-  else:
-    dq = jax.lax.fori_loop(lo, hi, functools.partial(body, apply_causal=False), dq)
+  dq = _over_key_blocks(body, jnp.zeros((block_q, head_dim), jnp.float32), lo, hi, q_block,
+                        block_q, block_k, causal)
   dq_ref[...] = (dq * sm_scale).astype(dq_ref.dtype)
 
 
@@ -249,12 +256,7 @@ def _dkv_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, bloc
     scores = _dot(k, q, trans_b=True) * scale_log2
     q_seg = q_seg_ref[q_slice] if has_segments else None
     q_pos = q_block * block_q + jnp.arange(block_q)
-    mask = None
-    if causal and apply_causal:
-      mask = k_pos[:, None] <= q_pos[None, :]
-    if has_segments:
-      same = k_seg[:, None] == q_seg[None, :]
-      mask = same if mask is None else mask & same
+    mask = _mask(k_pos, q_pos, k_seg, q_seg, causal and apply_causal, keys_on_rows=True)
     if mask is not None:
       scores = jnp.where(mask, scores, MASK_VALUE)
     probs = jnp.exp2(scores - lse[None, :])

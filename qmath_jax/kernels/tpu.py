@@ -72,6 +72,24 @@ def _ranges(segment_ids, batch, length, block_q, block_k, causal, transpose):
   return jnp.broadcast_to(lo, shape).reshape(-1), jnp.broadcast_to(hi, shape).reshape(-1)
 
 
+def _query_grid_specs(num_q, block_q, block_k, head_dim, group):
+  """BlockSpecs of a (batch, heads, query blocks, key blocks) grid: the forward and dq passes.
+
+  Returns:
+    (spec of q-shaped tiles, spec of the k/v tile (key block clamped into the query block's
+    visited range, so skipped steps fetch nothing new), [query, key] segment-id tile specs).
+  """
+  def k_index(b, h, i, j, lo_ref, hi_ref):
+    row = b * num_q + i
+    return b, h // group, jnp.clip(j, lo_ref[row], hi_ref[row] - 1), 0
+
+  q_spec = pl.BlockSpec((SQ, SQ, block_q, head_dim), lambda b, h, i, j, *_: (b, h, i, 0))
+  kv_spec = pl.BlockSpec((SQ, SQ, block_k, head_dim), k_index)
+  segment_specs = [pl.BlockSpec((SQ, block_q, 1), lambda b, h, i, j, *_: (b, i, 0)),
+                   pl.BlockSpec((SQ, 1, block_k), lambda *args: (args[0], 0, k_index(*args)[2]))]
+  return q_spec, kv_spec, segment_specs
+
+
 def _forward_kernel(lo_ref, hi_ref, *refs, causal, has_segments, sm_scale, block_q, block_k,
                     num_q):
   if has_segments:
@@ -135,19 +153,11 @@ def forward(q, k, v, segment_ids, *, causal, sm_scale, block_sizes, interpret=Fa
   has_segments = segment_ids is not None
   lo, hi = _ranges(segment_ids, batch, length, block_q, block_k, causal, transpose=False)
 
-  def k_index(b, h, i, j, lo_ref, hi_ref):
-    row = b * num_q + i
-    return b, h // group, jnp.clip(j, lo_ref[row], hi_ref[row] - 1), 0
-
-  q_spec = pl.BlockSpec((SQ, SQ, block_q, head_dim), lambda b, h, i, j, *_: (b, h, i, 0))
-  kv_spec = pl.BlockSpec((SQ, SQ, block_k, head_dim), k_index)
+  q_spec, kv_spec, segment_specs = _query_grid_specs(num_q, block_q, block_k, head_dim, group)
   in_specs = [q_spec, kv_spec, kv_spec]
   inputs = [_head_major(q), _head_major(k), _head_major(v)]
   if has_segments:
-    in_specs += [pl.BlockSpec((SQ, block_q, 1), lambda b, h, i, j, *_: (b, i, 0)),
-                 pl.BlockSpec((SQ, 1, block_k),
-                              lambda b, h, i, j, lo_ref, hi_ref: (b, 0, k_index(
-                                  b, h, i, j, lo_ref, hi_ref)[2]))]
+    in_specs += segment_specs
     inputs += [segment_ids[:, :, None], segment_ids[:, None, :]]
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=2,
@@ -269,19 +279,12 @@ def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_s
   num_q, num_k = length // block_q, length // block_k
   lo, hi = _ranges(segment_ids, batch, length, block_q, block_k, causal, transpose=False)
 
-  def k_index(b, h, i, j, lo_ref, hi_ref):
-    row = b * num_q + i
-    return b, h // group, jnp.clip(j, lo_ref[row], hi_ref[row] - 1), 0
-
-  q_spec = pl.BlockSpec((SQ, SQ, block_q, head_dim), lambda b, h, i, j, *_: (b, h, i, 0))
-  kv_spec = pl.BlockSpec((SQ, SQ, block_k, head_dim), k_index)
+  q_spec, kv_spec, segment_specs = _query_grid_specs(num_q, block_q, block_k, head_dim, group)
   col_spec = pl.BlockSpec((SQ, SQ, block_q, 1), lambda b, h, i, j, *_: (b, h, i, 0))
   in_specs = [q_spec, kv_spec, kv_spec, q_spec, col_spec, col_spec]
   inputs = [q_t, k_t, v_t, do_t, lse[..., None], delta[..., None]]
   if has_segments:
-    in_specs += [pl.BlockSpec((SQ, block_q, 1), lambda b, h, i, j, *_: (b, i, 0)),
-                 pl.BlockSpec((SQ, 1, block_k),
-                              lambda *args: (args[0], 0, k_index(*args)[2]))]
+    in_specs += segment_specs
     inputs += [segment_ids[:, :, None], segment_ids[:, None, :]]
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, causal=causal, has_segments=has_segments,
