@@ -73,6 +73,18 @@ def test_labels_and_dropped_queries(tmp_path):
     rm_data.rm_data_round(sampler, problems, tmp_path, graded_lib.SampleConfig(n=8), cfg)
 
 
+def test_cot_and_tir_lists_mix(tmp_path):
+  problems, sampler = _problems({0: 2, 1: 4})
+  graded = [g for prompt_type in ("cot", "tir") for g in graded_lib.sample_and_grade(
+      sampler, problems, graded_lib.SampleConfig(n=6, prompt_type=prompt_type))]
+  cfg = rm_data.RmDataConfig(difficulty_cap=None, positive_fraction=None)
+  rm_data.write_rm_data(graded, tmp_path, cfg)
+  rows = _read(tmp_path / "rm.jsonl")
+  assert [r["id"] for r in rows] == ["toy/0#cot", "toy/1#cot", "toy/0#tir", "toy/1#tir"]
+  assert [r["messages"][0]["content"] for r in rows] == [chat.COT_SYSTEM] * 2 + [
+      chat.TIR_SYSTEM] * 2
+
+
 def _population(counts: dict[int, int], seed=0):
   """Graded records with the given number of queries per correct count (out of 6)."""
   rng = random.Random(seed)
