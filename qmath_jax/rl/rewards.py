@@ -1,0 +1,131 @@
+"""Rewards for RL and reranking (SPEC §3.3): the rule-based verifier, RM scores, their shaping.
+
+    r_v = verifier_reward(completion.text, problem.answer)            # 1.0 or 0.0
+    scorer = RewardModelScorer(cfg, rm_params, tokenizer)
+    r_m = scorer.score([messages + [{"role": "assistant", "content": text}], ...])  # fp32 [n]
+    r = shaped_reward(r_m, r_v, alpha=0.5)          # sigmoid(alpha r_m) + (r_v - 1)
+
+The scorer interface: anything with `score(conversations) -> np.ndarray` (float32, one score
+per conversation) is a scorer. A conversation is a ChatML messages list (system / user /
+assistant dicts, `qmath_jax.data.chat`) ending with the assistant response being scored; the
+RM reads it chat-formatted, as it was trained (SPEC §3.2). Rejection sampling, RM@N and RL all
+take scorers through this one interface, so a test double only needs that method.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qmath_jax.data import chat
+from qmath_jax.evaluation import extract, grader
+from qmath_jax.model.config import ModelConfig
+from qmath_jax.sampling.sampler import bucket
+from qmath_jax.train import reward_model
+
+
+def verifier_reward(response_text: str, gold: str, data_name: str = "math",
+                    timeout: float = 3.0) -> float:
+  """1.0 when the response's final answer equals `gold` (the evaluation's grader), else 0.0.
+
+  Args:
+    response_text: the assistant response.
+    gold: the reference answer.
+    data_name: dataset name for answer extraction (multiple-choice sets answer in letters).
+    timeout: seconds for the grader's symbolic check (a timeout counts as wrong).
+  """
+  pred = extract.extract_answer(response_text, data_name)
+  if not pred:
+    return 0.0
+  return 1.0 if grader.math_equal(pred, gold, timeout=timeout) else 0.0
+
+
+def shaped_reward(rm_score, verified, alpha: float = 0.5) -> np.ndarray:
+  """SPEC §3.3: `sigmoid(alpha * r_m) + (r_v - 1)`; correct lands in (0, 1), wrong in (-1, 0).
+
+  Args:
+    rm_score: RM scores r_m, any shape.
+    verified: verifier rewards r_v in {0, 1}, broadcastable to `rm_score`.
+    alpha: RM score scale (SPEC: 0.5).
+
+  Returns:
+    float32 array of the broadcast shape.
+  """
+  rm_score = np.asarray(rm_score, np.float64)
+  verified = np.asarray(verified, np.float64)
+  return (1.0 / (1.0 + np.exp(-alpha * rm_score)) + (verified - 1.0)).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _scores(params, tokens, positions, segment_ids, *, cfg: ModelConfig):
+  """fp32 `[rows]` RM scores of right-padded rows `[rows, length]`."""
+  return reward_model.make_reward_model(cfg).apply({"params": params}, tokens, positions,
+                                                   segment_ids)
+
+
+class RewardModelScorer:
+  """Scores chat conversations with a `train.reward_model.RewardModel`.
+
+  Conversations are rendered with `chat.render`, tokenized, right-padded to a length bucket
+  (`sampling.sampler.bucket`: powers of two and their halfway points, at most `max_length`)
+  and scored `batch_size` rows at a time, so a call compiles once per length bucket and never
+  per call; the score is read at each row's last token.
+  """
+
+  def __init__(self, model_config: ModelConfig, rm_params, tokenizer, *, batch_size: int = 16,
+               max_length: int | None = None):
+    """
+    Args:
+      model_config: the RM backbone's config.
+      rm_params: `RewardModel` parameters `{"backbone", "score_head"}` (unboxed).
+      tokenizer: encode / pad_id (`qmath_jax.data.tokenizer.Tokenizer` or a table tokenizer).
+      batch_size: rows per forward (the last batch is padded to it).
+      max_length: longest conversation in tokens (default: the model's max positions).
+    """
+    max_length = max_length or model_config.max_position_embeddings
+    if batch_size < 1 or max_length < 1:
+      raise ValueError(f"batch_size={batch_size} and max_length={max_length} must be >= 1")
+    if max_length > model_config.max_position_embeddings:
+      raise ValueError(f"max_length={max_length} exceeds max_position_embeddings="
+                       f"{model_config.max_position_embeddings}")
+    self.cfg = model_config
+    self.params = rm_params
+    self.tokenizer = tokenizer
+    self.batch_size = batch_size
+    self.max_length = max_length
+
+  def encode(self, conversations: Sequence[Sequence[dict]]) -> list[list[int]]:
+    """Token ids of each chat-formatted conversation; raises ValueError when one is too long."""
+    encoded = []
+    for i, messages in enumerate(conversations):
+      if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError(f"conversation {i} must end with an assistant message")
+      ids = self.tokenizer.encode(chat.render(messages))
+      if len(ids) > self.max_length:
+        raise ValueError(f"conversation {i} has {len(ids)} tokens > max_length="
+                         f"{self.max_length}")
+      encoded.append(ids)
+    return encoded
+
+  def score(self, conversations: Sequence[Sequence[dict]]) -> np.ndarray:
+    """float32 `[len(conversations)]`: the RM score of each conversation."""
+    encoded = self.encode(conversations)
+    out = np.zeros((len(encoded),), np.float32)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together
+    for start in range(0, len(order), self.batch_size):
+      rows = order[start:start + self.batch_size]
+      length = min(bucket(max(len(encoded[i]) for i in rows)), self.max_length)
+      tokens = np.full((self.batch_size, length), self.tokenizer.pad_id, np.int32)
+      positions = np.zeros((self.batch_size, length), np.int32)
+      segment_ids = np.zeros((self.batch_size, length), np.int32)
+      segment_ids[len(rows):, 0] = 1  # filler rows: one token each, scores unused
+      for r, i in enumerate(rows):
+        ids = encoded[i]
+        tokens[r, :len(ids)] = ids
+        positions[r, :len(ids)] = np.arange(len(ids))
+        segment_ids[r, :len(ids)] = 1
+      scores = _scores(self.params, tokens, positions, segment_ids, cfg=self.cfg)
+      out[rows] = np.asarray(scores, np.float32)[:len(rows)]
+    return out

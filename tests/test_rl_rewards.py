@@ -1,0 +1,107 @@
+"""RL rewards: SPEC's shaping, the verifier, and the RM scorer against a direct forward."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qmath_jax.data import chat
+from qmath_jax.model import presets
+from qmath_jax.rl import rewards
+from qmath_jax.sampling.testing import TableTokenizer, default_table
+from qmath_jax.train import reward_model
+
+CFG = presets.get_config("tiny", vocab_size=128, hidden_size=32, head_dim=8, intermediate_size=64,
+                         max_position_embeddings=256)
+TOKENIZER = TableTokenizer(default_table(CFG.vocab_size))
+
+
+def _sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_shaped_reward_matches_the_formula_by_hand():
+  rm = np.array([[2.0, -4.0], [0.0, 10.0]])
+  verified = np.array([[1, 0], [0, 1]])
+  got = rewards.shaped_reward(rm, verified, alpha=0.5)
+  want = np.array([[_sigmoid(1.0), _sigmoid(-2.0) - 1.0],
+                   [0.5 - 1.0, _sigmoid(5.0)]])
+  assert got.dtype == np.float32 and got.shape == (2, 2)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # Correct answers land in (0, 1), wrong ones in (-1, 0), whatever the RM says.
+  wide = np.linspace(-30, 30, 61)
+  assert np.all(rewards.shaped_reward(wide, 1) > 0) and np.all(rewards.shaped_reward(wide, 1) <= 1)
+  assert np.all(rewards.shaped_reward(wide, 0) < 0) and np.all(rewards.shaped_reward(wide, 0) >= -1)
+  # alpha scales the RM score before the sigmoid.
+  np.testing.assert_allclose(rewards.shaped_reward(2.0, 1, alpha=2.0), _sigmoid(4.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("text, gold, want", [
+    ("so the total is $\\boxed{12}$.", "12", 1.0),
+    ("we get \\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("first 3 then 4, the answer is 7", "7", 1.0),
+    ("so the total is \\boxed{13}", "12", 0.0),
+    ("i do not know", "12", 0.0),
+    ("", "12", 0.0),
+])
+def test_verifier_reward(text, gold, want):
+  assert rewards.verifier_reward(text, gold) == want
+
+
+CONVERSATIONS = [
+    [{"role": "system", "content": "solve it."},
+     {"role": "user", "content": "what is 2+3"},
+     {"role": "assistant", "content": "2+3=5 so {5}"}],
+    [{"role": "user", "content": "7*8"}, {"role": "assistant", "content": "56"}],
+    [{"role": "system", "content": "solve it."},
+     {"role": "user", "content": "a long one, 1+1+1+1+1+1+1+1+1+1+1+1+1+1"},
+     {"role": "assistant", "content": "count them, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14"}],
+    [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}],
+    [{"role": "user", "content": "10-4"}, {"role": "assistant", "content": "6."}],
+]
+
+
+@pytest.fixture(scope="module")
+def rm_params():
+  """Random RM parameters drawn in numpy (no init compile): norms and biases not ones/zeros."""
+  rm = reward_model.make_reward_model(CFG)
+  shapes = jax.eval_shape(
+      lambda: nn.unbox(rm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]))
+  rng = np.random.default_rng(3)
+  return jax.tree.map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+
+
+def _direct_scores(params):
+  """Each conversation alone, unpadded, through RewardModel.apply."""
+  apply = jax.jit(reward_model.make_reward_model(CFG).apply)
+  out = []
+  for messages in CONVERSATIONS:
+    ids = jnp.asarray([TOKENIZER.encode(chat.render(messages))], jnp.int32)
+    out.append(float(apply({"params": params}, ids)[0]))
+  return np.array(out, np.float32)
+
+
+def test_scorer_equals_a_direct_forward_whatever_the_batch(rm_params):
+  want = _direct_scores(rm_params)
+  assert np.std(want) > 1e-3  # distinct conversations get distinct scores
+  scorer = rewards.RewardModelScorer(CFG, rm_params, TOKENIZER, batch_size=4, max_length=160)
+  got = scorer.score(CONVERSATIONS)
+  assert got.dtype == np.float32 and got.shape == (len(CONVERSATIONS),)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+  # Other batch compositions and padding: one at a time, reversed, another batch size.
+  singles = np.concatenate([scorer.score([c]) for c in CONVERSATIONS])
+  np.testing.assert_allclose(singles, want, rtol=0, atol=1e-5)
+  reversed_ = rewards.RewardModelScorer(CFG, rm_params, TOKENIZER, batch_size=2).score(
+      CONVERSATIONS[::-1])
+  np.testing.assert_allclose(reversed_[::-1], want, rtol=0, atol=1e-5)
+  assert scorer.score([]).shape == (0,)
+
+
+def test_scorer_rejects_long_conversations_naming_index_and_lengths(rm_params):
+  scorer = rewards.RewardModelScorer(CFG, rm_params, TOKENIZER, max_length=100)
+  length = len(TOKENIZER.encode(chat.render(CONVERSATIONS[2])))
+  with pytest.raises(ValueError, match=rf"conversation 2 has {length} tokens > max_length=100"):
+    scorer.score(CONVERSATIONS)
+  with pytest.raises(ValueError, match="conversation 0 must end with an assistant message"):
+    scorer.score([CONVERSATIONS[0][:2]])
