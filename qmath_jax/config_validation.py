@@ -17,7 +17,7 @@ from qmath_jax.model import presets
 from qmath_jax.parallel import mesh as mesh_lib
 from qmath_jax.train import optimizer as optimizer_lib
 
-TRAIN_STAGES = ("pretrain", "sft")
+TRAIN_STAGES = ("pretrain", "sft", "rm")
 SYNTHETIC = "synthetic"
 _MISSING = object()
 
@@ -126,6 +126,8 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
   c.int("data.seq_len", minimum=2)
   batch = c.int("data.batch_size", minimum=1)
   c.int("data.num_epochs", minimum=0)
+  if c._lookup("stage") == "rm":
+    c.int("data.list_size", minimum=2)
   c.int("data.num_packing_bins", minimum=0)
   micro = c.int("optim.num_microbatches", minimum=1)
   if mesh_shape and batch and micro:

@@ -4,8 +4,8 @@ r"""The one entry point: `python -m qmath_jax.main --config=configs/<round>.py -
     python -m qmath_jax.main --config=configs/sft.py:model=qwen2.5-math-7b --workdir=gs://... \
         --config.optim.lr=1e-5 --config.init.hf_dir=/ckpt/Qwen2.5-Math-7B
 
-`config.stage` picks the runner from `STAGES` (pretrain, sft, pipeline; later rounds join with
-`register_stage`). The config is checked before any compute (`config_validation`); a run
+`config.stage` picks the runner from `STAGES` (pretrain, sft, rm, pipeline, eval; later rounds
+join with `register_stage`). The config is checked before any compute (`config_validation`); a run
 resumes from `<workdir>/checkpoints` when it has one; SIGTERM/SIGINT save and exit 0.
 
 A train stage is built in big_vision's order: config -> mesh -> tokenizer and data -> sharded
@@ -46,6 +46,7 @@ from qmath_jax.train import flops as flops_lib
 from qmath_jax.train import loop
 from qmath_jax.train import losses
 from qmath_jax.train import optimizer as optimizer_lib
+from qmath_jax.train import reward_model
 from qmath_jax.train import state as state_lib
 from qmath_jax.train import step as step_lib
 
@@ -88,6 +89,10 @@ def _stage_texts(config) -> list[str]:
   """Text a tokenizer for this stage is trained on: its documents or rendered conversations."""
   if config.stage == "pretrain":
     return _pretrain_texts(config.data.source, config.data.num_examples, config.seed)
+  if config.stage == "rm":
+    return [chat.render(row["messages"] + [{"role": "assistant", "content": r}])
+            for row in _rm_lists(config, config.data.source, config.data.num_examples)
+            for r in row["responses"]]
   return [chat.render(c["messages"])
           for c in _conversations(config.data.source, config.data.num_examples, config.seed)]
 
@@ -132,6 +137,18 @@ def _conversations(source: str, num_examples: int, seed: int, split: str = "trai
   return examples
 
 
+def _rm_lists(config, source: str, num_examples: int, split: str = "train"):
+  """RM lists: planted errors in synthetic problems, or a jsonl of sampled, graded responses."""
+  if source == config_validation.SYNTHETIC:
+    problems = synthetic.generate(num_examples, seed=config.seed, split=split)
+    return pipelines.planted_rm_lists(problems, list_size=config.data.list_size,
+                                      seed=config.seed)
+  bad_rows = records.BadRows()
+  lists = pipelines.load_rm_lists(source, bad_rows, list_size=config.data.list_size)
+  _report_bad_rows(source, bad_rows)
+  return lists
+
+
 def _report_bad_rows(source, bad_rows):
   for reason, count in bad_rows.counts.items():
     logging.warning("%s: skipped %d rows (%s), e.g. %s", source, count, reason,
@@ -147,6 +164,9 @@ def _pipeline(config, tokenizer, source, num_examples, *, split, per_host_batch,
   if config.stage == "pretrain":
     texts = _pretrain_texts(source, num_examples, config.seed, split)
     return pipelines.pretrain_pipeline(texts, tokenizer, cfg)
+  if config.stage == "rm":
+    return pipelines.rm_pipeline(_rm_lists(config, source, num_examples, split), tokenizer, cfg,
+                                 list_size=config.data.list_size)
   return pipelines.sft_pipeline(_conversations(source, num_examples, config.seed, split),
                                 tokenizer, cfg)
 
@@ -209,6 +229,23 @@ def _load_init_params(config, abstract_params):
 # ----------------------------------------------------------------------------- train stages
 
 
+def _init_stage_params(config, init_params, abstract_params, param_shardings):
+  """A stage's starting params from `config.init`, laid out as `param_shardings`.
+
+  The reward model loads the decoder into its backbone (SPEC §3.2: initialised from the SFT
+  model) and draws a fresh score head; the other stages load the decoder whole.
+  """
+  if config.stage != "rm":
+    return _load_init_params(config, checkpoint_lib.abstract_with_shardings(
+        abstract_params, param_shardings))
+  backbone = _load_init_params(config, checkpoint_lib.abstract_with_shardings(
+      abstract_params["backbone"], param_shardings["backbone"]))
+  head = jax.jit(lambda rng: nn.unbox(init_params(rng))["score_head"],
+                 out_shardings=param_shardings["score_head"])
+  return {"backbone": backbone,
+          "score_head": head(jax.random.fold_in(jax.random.key(config.seed), 2))}
+
+
 def _eval_hook(config, loss_fn, eval_pipeline, mesh, param_shardings):
   """Weighted mean eval loss over the first `train.eval_batches` held-out batches."""
 
@@ -234,13 +271,28 @@ def _eval_hook(config, loss_fn, eval_pipeline, mesh, param_shardings):
   return loop.EvalHook(every=config.train.eval_every, fn=evaluate, prefix="eval")
 
 
+def _stage_model(stage: str, model_cfg):
+  """(module, `init(rng)` -> boxed params, loss name) of a train stage.
+
+  pretrain and sft train the decoder (`lm` and `sft` losses); rm trains the reward model, the
+  decoder under a score head, with the listwise ranking loss (SPEC §3.2).
+  """
+  if stage == "rm":
+    rm = reward_model.make_reward_model(model_cfg)
+    tokens = jnp.zeros((1, 8), jnp.int32)
+    return rm, lambda rng: rm.init(rng, tokens)["params"], "rm_listwise"
+  return (transformer.Transformer(model_cfg),
+          lambda rng: transformer.init_params(model_cfg, rng, boxed=True),
+          "lm" if stage == "pretrain" else "sft")
+
+
 def run_train_stage(config, workdir: str) -> dict:
-  """pretrain / sft: config -> mesh -> data -> sharded init -> step -> eval -> loop."""
+  """pretrain / sft / rm: config -> mesh -> data -> sharded init -> step -> eval -> loop."""
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
   tokenizer = _tokenizer(config, workdir)
   model_cfg = _model_config(config, tokenizer)
-  model = transformer.Transformer(model_cfg)
+  model, init_params, loss_name = _stage_model(config.stage, model_cfg)
 
   per_host_batch = config.data.batch_size // jax.process_count()
   train_pipeline = _pipeline(config, tokenizer, config.data.source, config.data.num_examples,
@@ -257,7 +309,6 @@ def run_train_stage(config, workdir: str) -> dict:
       warmup_steps=config.optim.warmup_steps, total_steps=config.train.total_steps,
       decay=config.optim.decay, weight_decay=config.optim.weight_decay, b1=config.optim.b1,
       b2=config.optim.b2, clip_norm=config.optim.clip_norm))
-  init_params = lambda rng: transformer.init_params(model_cfg, rng, boxed=True)
   init_state, shardings = state_lib.sharded_init(init_params, optimizer, mesh, config.seed)
   abstract_state = jax.eval_shape(init_state)
   if any(config.init.values()):
@@ -268,12 +319,11 @@ def run_train_stage(config, workdir: str) -> dict:
                                   opt_state=optimizer.init(params), rng=rng)
 
     jitted = jax.jit(init_state_from, out_shardings=shardings, donate_argnums=0)
-    abstract_params = checkpoint_lib.abstract_with_shardings(abstract_state.params,
-                                                             shardings.params)
-    init_state = lambda: jitted(_load_init_params(config, abstract_params))
+    init_state = lambda: jitted(_init_stage_params(config, init_params, abstract_state.params,
+                                                   shardings.params))
 
-  loss_fn = losses.get_loss("lm" if config.stage == "pretrain" else "sft", model,
-                            z_loss=config.optim.z_loss)
+  loss_options = {} if config.stage == "rm" else {"z_loss": config.optim.z_loss}
+  loss_fn = losses.get_loss(loss_name, model, **loss_options)
   train_step = step_lib.make_train_step(
       loss_fn, optimizer, mesh=mesh, state_shardings=shardings, learning_rate_fn=schedule,
       num_microbatches=config.optim.num_microbatches)
@@ -285,7 +335,8 @@ def run_train_stage(config, workdir: str) -> dict:
       mesh=mesh, init_state=init_state, state_shardings=shardings, train_step=train_step,
       make_train_iter=lambda: iter(train_pipeline.dataset),
       put_batch=lambda batch: batch_lib.shard_batch(batch, mesh),
-      flops_per_token=flops_lib.train_flops_per_token(model_cfg, config.data.seq_len),
+      flops_per_token=flops_lib.train_flops_per_token(
+          model_cfg, config.data.seq_len, include_lm_head=config.stage != "rm"),
       eval_hooks=hooks, abstract_state=abstract_state)
   best_metric = config.checkpoint.best_metric if hooks else ""
   options = loop.LoopOptions(
@@ -302,6 +353,7 @@ def run_train_stage(config, workdir: str) -> dict:
 
 register_stage("pretrain")(run_train_stage)
 register_stage("sft")(run_train_stage)
+register_stage("rm")(run_train_stage)
 
 
 @register_stage("pipeline")

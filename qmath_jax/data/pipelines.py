@@ -308,6 +308,47 @@ def sft_conversations(problems: Sequence[sources.Problem],
           for p in problems if p.solution]
 
 
+def planted_rm_lists(problems: Sequence[sources.Problem], *, list_size: int = 6,
+                     seed: int = 0) -> list[dict]:
+  """RM lists from problems with reference solutions (tests and the demo).
+
+  Each list holds k correct responses (the reference CoT response; k drawn from 1..list_size-1
+  with `seed`) and list_size - k wrong ones: the same response whose final boxed answer is
+  replaced by another integer, so telling them apart means checking the last step. Rows are
+  ``{"id", "messages" (prompt turns), "responses": [list_size], "labels": [list_size]}``,
+  responses shuffled, as `rm_pipeline` reads them.
+  """
+  if list_size < 2:
+    raise ValueError(f"list_size={list_size}: a list needs a correct and a wrong response")
+  rng = np.random.default_rng(seed)
+  lists = []
+  for problem in problems:
+    right = cot_response(problem)
+    boxed = f"\\boxed{{{problem.answer}}}"
+    if not problem.solution or boxed not in right:
+      continue
+    k = int(rng.integers(1, list_size))
+    wrong = []
+    for _ in range(list_size - k):
+      offset = int(rng.integers(1, 10)) * (1 if rng.random() < 0.5 else -1)
+      wrong.append(right.replace(boxed, f"\\boxed{{{_shifted(problem.answer, offset)}}}"))
+    responses = [right] * k + wrong
+    labels = [1] * k + [0] * (list_size - k)
+    order = rng.permutation(list_size)
+    lists.append({"id": problem.id, "messages": prompt_messages(problem),
+                  "responses": [responses[i] for i in order],
+                  "labels": [labels[i] for i in order]})
+  return lists
+
+
+def _shifted(answer: str, offset: int) -> str:
+  """An integer answer moved by `offset`; other answers get the offset appended."""
+  try:
+    return str(int(answer) + offset)
+  except ValueError:
+    return f"{answer}{abs(offset)}"
+
+
 def load_conversations(path, bad_rows: records.BadRows) -> list[dict]:
   """SFT jsonl: one ``{"id"?, "messages": [{"role", "content"}, ...]}`` per line.
 

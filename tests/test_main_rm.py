@@ -1,0 +1,99 @@
+"""The rm stage: the reward model trains through the entry point from a decoder checkpoint."""
+
+import importlib.util
+import pathlib
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from qmath_jax import config_validation, convert, main
+from qmath_jax.data import pipelines, synthetic
+from qmath_jax.data import tokenizer as tokenizer_lib
+from qmath_jax.model import get_config, init_params
+from qmath_jax.train import checkpoint as checkpoint_lib
+from qmath_jax.train import metrics_writer
+
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
+
+
+def _rm_config():
+  spec = importlib.util.spec_from_file_location("rm_config", CONFIGS / "rm.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+  """A sentencepiece tokenizer and a random tiny decoder saved as a params checkpoint."""
+  root = tmp_path_factory.mktemp("rm_init")
+  tok_path = str(root / "tokenizer.model")
+  tokenizer_lib.train_sentencepiece(synthetic.corpus(200, seed=0), 384, tok_path)
+  cfg = get_config("tiny", vocab_size=384)
+  params = init_params(cfg, jax.random.key(3))
+  convert.save_params(root / "params", cfg, params)
+  return tok_path, str(root / "params"), params
+
+
+def _config(decoder, **data):
+  config = _rm_config()
+  config.tokenizer.path, config.init.params_dir, _ = decoder
+  config.model.dtype = "float32"
+  config.data.source = "synthetic"
+  config.data.num_examples = 8
+  config.data.batch_size = 8
+  config.data.seq_len = 512
+  config.data.num_epochs = 0
+  config.data.update(data)
+  config.optim.lr = 1e-2
+  config.optim.end_lr = 1e-3
+  config.optim.warmup_steps = 0
+  config.train.total_steps = 14
+  config.train.log_every = 1
+  config.train.eval_every = 0
+  config.checkpoint.best_metric = ""
+  config.checkpoint.async_save = False
+  return config
+
+
+def test_rm_stage_starts_from_the_decoder_and_learns_the_lists(decoder, tmp_path):
+  config = _config(decoder)
+  # The backbone starts as the decoder checkpoint, the score head fresh.
+  model_cfg = get_config("tiny", vocab_size=384)
+  _, init, _ = main._stage_model("rm", model_cfg)  # pylint: disable=protected-access
+  abstract = jax.eval_shape(lambda: nn.unbox(init(jax.random.key(0))))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  start = main._init_stage_params(  # pylint: disable=protected-access
+      config, init, abstract, jax.tree.map(lambda _: device, abstract))
+  for a, b in zip(jax.tree.leaves(start["backbone"]), jax.tree.leaves(decoder[2])):
+    np.testing.assert_array_equal(a, b)
+  assert set(start["score_head"]) == {"dense", "out"}
+
+  summary = main.run(config, str(tmp_path))
+  assert summary["step"] == 14
+  losses = [row["loss"] for row in metrics_writer.read_metrics(tmp_path) if "loss" in row]
+  assert len(losses) == 14
+  assert np.mean(losses[:4]) > 0.68  # ln 2: no preference between the responses yet
+  assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
+  meta = checkpoint_lib.Checkpointer(tmp_path / "checkpoints").read_meta()
+  assert meta["stage"] == "rm"
+
+
+def test_rm_lists_plant_one_wrong_answer_per_negative():
+  problems = synthetic.generate(20, seed=1)
+  lists = pipelines.planted_rm_lists(problems, list_size=6, seed=2)
+  assert len(lists) == 20
+  for row, problem in zip(lists, problems):
+    assert len(row["responses"]) == len(row["labels"]) == 6
+    assert 1 <= sum(row["labels"]) <= 5
+    for response, label in zip(row["responses"], row["labels"]):
+      assert (f"\\boxed{{{problem.answer}}}" in response) == bool(label)
+  assert lists == pipelines.planted_rm_lists(problems, list_size=6, seed=2)
+
+
+def test_rm_config_errors_name_the_field(decoder, tmp_path):
+  config = _config(decoder, list_size=1)
+  with pytest.raises(config_validation.ConfigError, match="config.data.list_size"):
+    main.run(config, str(tmp_path))
