@@ -28,6 +28,7 @@ from qmath_jax import parallel
 from qmath_jax.data.sources import Problem
 from qmath_jax.model.config import ModelConfig
 from qmath_jax.model.transformer import Transformer
+from qmath_jax.rl import rewards as rewards_lib
 from qmath_jax.rl import rollout as rollout_lib
 from qmath_jax.train import losses, step as step_lib
 from qmath_jax.train.state import TrainState
@@ -71,7 +72,7 @@ def make_grpo_step(model_config: ModelConfig, optimizer: optax.GradientTransform
 def grpo_iteration(state: TrainState, train_step: step_lib.TrainStep, sampler, tokenizer,
                    problems: Sequence[Problem], model_config: ModelConfig, ref_params,
                    config: GrpoConfig, *, seed: int, reward_fn: rollout_lib.RewardFn | None = None,
-                   scorer=None) -> tuple[TrainState, dict]:
+                   scorer: rewards_lib.ScorerLike | None = None) -> tuple[TrainState, dict]:
   """Samples, rewards and trains on one batch of problems.
 
   Args:

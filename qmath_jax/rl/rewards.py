@@ -5,18 +5,18 @@
     r_m = scorer.score([messages + [{"role": "assistant", "content": text}], ...])  # fp32 [n]
     r = shaped_reward(r_m, r_v, alpha=0.5)          # sigmoid(alpha r_m) + (r_v - 1)
 
-The scorer interface: anything with `score(conversations) -> np.ndarray` (float32, one score
-per conversation) is a scorer. A conversation is a ChatML messages list (system / user /
-assistant dicts, `qmath_jax.data.chat`) ending with the assistant response being scored; the
-RM reads it chat-formatted, as it was trained (SPEC §3.2). Rejection sampling, RM@N and RL all
+The scorer interface (`ScorerLike`): anything with `score(conversations) -> np.ndarray`
+(float32, one score per conversation) is a scorer. A conversation is a ChatML messages list
+(system / user / assistant dicts, `qmath_jax.data.chat`) ending with the assistant response
+being scored; the RM reads it chat-formatted, as it was trained (SPEC §3.2). Rejection sampling, RM@N and RL all
 take scorers through this one interface, so a test double only needs that method.
 """
 
 import functools
 from collections.abc import Sequence
+from typing import Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from qmath_jax.data import chat
@@ -24,6 +24,13 @@ from qmath_jax.evaluation import extract, grader
 from qmath_jax.model.config import ModelConfig
 from qmath_jax.sampling.sampler import bucket
 from qmath_jax.train import reward_model
+
+
+class ScorerLike(Protocol):
+  """A reward model behind one call: conversations -> float32 scores `[len(conversations)]`."""
+
+  def score(self, conversations: Sequence[Sequence[dict]]) -> np.ndarray:
+    ...
 
 
 def verifier_reward(response_text: str, gold: str, data_name: str = "math",

@@ -98,7 +98,7 @@ def prompt_text(problem: Problem, system: str = chat.COT_SYSTEM) -> str:
 
 def rollout(sampler, tokenizer, problems: Sequence[Problem], config: RolloutConfig, *,
             seed: int, seq_len: int | None = None, reward_fn: RewardFn | None = None,
-            scorer=None) -> Rollout:
+            scorer: rewards_lib.ScorerLike | None = None) -> Rollout:
   """Samples G completions per problem and rewards them.
 
   Args:
@@ -109,8 +109,8 @@ def rollout(sampler, tokenizer, problems: Sequence[Problem], config: RolloutConf
     seed: sampling seed (same seed, same rollout).
     seq_len: the train row length; prompts that leave no room for a completion token raise.
     reward_fn: `(problem, completion) -> float`; default: the SPEC reward (module docstring).
-    scorer: an object with `score(conversations) -> np.ndarray` (`rewards.RewardModelScorer`),
-      used by the default reward only.
+    scorer: a `rewards.ScorerLike` (e.g. `rewards.RewardModelScorer`), used by the default
+      reward only.
 
   Returns:
     A Rollout.
