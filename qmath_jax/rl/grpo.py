@@ -14,7 +14,9 @@ rollout samples G completions per problem and rewards them (`rollout.rollout`); 
 built with the sampler's log-probs as `old_logprobs` and the frozen reference model's as
 `ref_logprobs`; then the rows, shuffled with the iteration's seed, go through the train step in
 minibatches of `minibatch_rows` (SPEC: 4096 samples per episode, global batch 512, so 8
-optimizer steps per rollout; the first is on-policy, later ones clip).
+optimizer steps per rollout; the first is on-policy, later ones clip). Afterwards the sampler
+still holds the parameters the rollout sampled with: call `update_params(state.params)` before
+sampling from the updated policy elsewhere (evaluation, say).
 """
 
 import dataclasses
