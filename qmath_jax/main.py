@@ -4,8 +4,8 @@ r"""The one entry point: `python -m qmath_jax.main --config=configs/<round>.py -
     python -m qmath_jax.main --config=configs/sft.py:model=qwen2.5-math-7b --workdir=gs://... \
         --config.optim.lr=1e-5 --config.init.hf_dir=/ckpt/Qwen2.5-Math-7B
 
-`config.stage` picks the runner from `STAGES` (pretrain, sft, rm, pipeline, eval; later rounds
-join with `register_stage`). The config is checked before any compute (`config_validation`); a run
+`config.stage` picks the runner from `STAGES` (pretrain, sft, rm, sample, eval, pipeline; later
+stages join with `register_stage`). The config is checked before any compute (`config_validation`); a run
 resumes from `<workdir>/checkpoints` when it has one; SIGTERM/SIGINT save and exit 0.
 
 A train stage is built in big_vision's order: config -> mesh -> tokenizer and data -> sharded
@@ -13,6 +13,7 @@ init -> jitted step -> eval hooks -> `loop.train` (checkpoint/resume and the loo
 """
 
 from collections.abc import Callable
+import contextlib
 import dataclasses
 import functools
 import json
@@ -32,6 +33,7 @@ from qmath_jax import config_validation
 from qmath_jax.data import chat
 from qmath_jax.data import pipelines
 from qmath_jax.data import records
+from qmath_jax.data import sources
 from qmath_jax.data import synthetic
 from qmath_jax.data import tokenizer as tokenizer_lib
 from qmath_jax.model import config as model_config
@@ -401,15 +403,14 @@ def run_pipeline(config, workdir: str) -> dict:
 # ----------------------------------------------------------------------------- eval stage
 
 
-def _check_eval_stage(config) -> list[str]:
-  """Problems of an eval config, found before any compute."""
-  from qmath_jax.evaluation import benchmarks, runner  # pylint: disable=g-import-not-at-top
+def _check_sampling_inputs(config) -> list[str]:
+  """Problems of the fields every sampling stage reads: params source, tokenizer, mesh."""
   problems = []
-  sources = [k for k in ("checkpoint", "params_dir", "hf_dir") if config.init.get(k)]
-  if len(sources) != 1:
+  given = [k for k in ("checkpoint", "params_dir", "hf_dir") if config.init.get(k)]
+  if len(given) != 1:
     problems.append("config.init: give exactly one of checkpoint, params_dir, hf_dir "
-                    f"(got {sources or 'none'})")
-  for key in sources:
+                    f"(got {given or 'none'})")
+  for key in given:
     if not os.path.isdir(config.init[key]):
       problems.append(f"config.init.{key}: {config.init[key]!r} is not a directory")
   if not config.tokenizer.path or not os.path.exists(config.tokenizer.path):
@@ -418,6 +419,13 @@ def _check_eval_stage(config) -> list[str]:
     mesh_lib.resolve_mesh_shape(tuple(config.mesh.shape), jax.device_count())
   except (ValueError, TypeError, AttributeError) as e:
     problems.append(f"config.mesh.shape: {e}")
+  return problems
+
+
+def _check_eval_stage(config) -> list[str]:
+  """Problems of an eval config, found before any compute."""
+  from qmath_jax.evaluation import benchmarks, runner  # pylint: disable=g-import-not-at-top
+  problems = _check_sampling_inputs(config)
   try:
     eval_config = runner.EvalConfig.from_mapping(config.eval)
   except (ValueError, TypeError) as e:
@@ -432,6 +440,32 @@ def _check_eval_stage(config) -> list[str]:
   return problems
 
 
+def _init_sampler(config):
+  """(Sampler over `config.init`'s params on `config.mesh`, tokenizer, model config)."""
+  from qmath_jax.sampling import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer.path)
+  model_cfg = _model_config(config, tokenizer)
+  mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
+  boxed = jax.eval_shape(
+      lambda: transformer.init_params(model_cfg, jax.random.key(0), boxed=True))
+  params = _load_init_params(config, checkpoint_lib.abstract_with_shardings(
+      nn.unbox(boxed), rules_lib.tree_shardings(boxed, mesh)))
+  return sampler_lib.Sampler(model_cfg, params, tokenizer, mesh=mesh), tokenizer, model_cfg
+
+
+@contextlib.contextmanager
+def _prompt_sampler(config, sampler, tokenizer, prompt_type: str):
+  """The sampler for CoT prompts, or the TIR loop around it with a live sandbox."""
+  if prompt_type != "tir":
+    yield sampler
+    return
+  from qmath_jax.sampling import tir  # pylint: disable=g-import-not-at-top
+  from qmath_jax.sandbox import PythonSandbox  # pylint: disable=g-import-not-at-top
+  with PythonSandbox(timeout=config.sandbox.timeout,
+                     num_workers=config.sandbox.num_workers or None) as sandbox:
+    yield tir.TirSampler(sampler, tokenizer, sandbox)
+
+
 @register_stage("eval", check=_check_eval_stage)
 def run_eval_stage(config, workdir: str) -> dict:
   """Greedy / maj@N / pass@k on the benchmarks with `config.init`'s params (CoT or TIR).
@@ -440,28 +474,101 @@ def run_eval_stage(config, workdir: str) -> dict:
   `eval_report.md` and `eval_scores.png`; returns the headline metric and group averages.
   """
   from qmath_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
-  from qmath_jax.sampling import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
-  from qmath_jax.sampling import tir  # pylint: disable=g-import-not-at-top
-  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer.path)
-  model_cfg = _model_config(config, tokenizer)
-  mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
-  boxed = jax.eval_shape(
-      lambda: transformer.init_params(model_cfg, jax.random.key(0), boxed=True))
-  abstract = nn.unbox(boxed)
-  params = _load_init_params(config, checkpoint_lib.abstract_with_shardings(
-      abstract, rules_lib.tree_shardings(boxed, mesh)))
-  sampler = sampler_lib.Sampler(model_cfg, params, tokenizer, mesh=mesh)
+  sampler, tokenizer, _ = _init_sampler(config)
   eval_config = runner.EvalConfig.from_mapping(config.eval)
-  if eval_config.prompt_type != "tir":
-    results = runner.run_eval(sampler, workdir, eval_config)
-  else:
-    from qmath_jax.sandbox import PythonSandbox  # pylint: disable=g-import-not-at-top
-    with PythonSandbox(timeout=config.sandbox.timeout,
-                       num_workers=config.sandbox.num_workers or None) as sandbox:
-      results = runner.run_eval(tir.TirSampler(sampler, tokenizer, sandbox), workdir, eval_config)
+  with _prompt_sampler(config, sampler, tokenizer, eval_config.prompt_type) as prompt_sampler:
+    results = runner.run_eval(prompt_sampler, workdir, eval_config)
   return {"metric": results["metric"], "averages": results["averages"],
           "datasets": {name: scores.get(results["metric"])
                        for name, scores in results["datasets"].items()}}
+
+
+# ----------------------------------------------------------------------------- sample stage
+
+SAMPLE_TASKS = ("sft", "rm", "rl")
+
+
+def _check_sample_stage(config) -> list[str]:
+  """Problems of a sample config, found before any compute."""
+  problems = _check_sampling_inputs(config)
+  if config.task not in SAMPLE_TASKS:
+    problems.append(f"config.task: expected one of {SAMPLE_TASKS}, got {config.task!r}")
+  if config.sample.prompt_type not in ("cot", "tir"):
+    problems.append(f"config.sample.prompt_type: expected 'cot' or 'tir', got "
+                    f"{config.sample.prompt_type!r}")
+  if config.sample.n < 1:
+    problems.append(f"config.sample.n: expected >= 1, got {config.sample.n}")
+  if config.task == "rm" and config.sample.n != config.rm_data.list_size:
+    problems.append(f"config.sample.n: {config.sample.n} responses per query, but "
+                    f"config.rm_data.list_size is {config.rm_data.list_size}")
+  rm_run = config.scorer.rm_checkpoint
+  if rm_run and not os.path.isdir(os.path.join(rm_run, loop.CHECKPOINT_DIR)):
+    problems.append(f"config.scorer.rm_checkpoint: no checkpoints in {rm_run!r} (expected an "
+                    "rm run's workdir)")
+  for name in config.data.sources:
+    if name == config_validation.SYNTHETIC:
+      continue
+    if name.endswith(".jsonl"):
+      if not os.path.isfile(name):
+        problems.append(f"config.data.sources: file {name!r} does not exist")
+    elif name not in sources.SOURCES:
+      problems.append(f"config.data.sources: unknown source {name!r}; give a jsonl path, "
+                      f"'synthetic' or one of {sorted(sources.SOURCES)}")
+  return problems
+
+
+def _sample_problems(config) -> list:
+  """Problems of `config.data.sources`, in order, at most `config.data.limit` of them."""
+  problems = []
+  for name in config.data.sources:
+    if name == config_validation.SYNTHETIC:
+      problems += synthetic.generate(config.data.num_examples, seed=config.seed)
+    elif name.endswith(".jsonl"):
+      problems += sources.load_jsonl_problems(name)
+    else:
+      problems += sources.load(name, config.data.data_dir or None,
+                               keep_empty_answers=config.task == "sft")
+  return problems[:config.data.limit] if config.data.limit else problems
+
+
+@register_stage("sample", check=_check_sample_stage)
+def run_sample_stage(config, workdir: str) -> dict:
+  """Samples the current model on problems and writes the next round's data (SPEC §3.1-3.3).
+
+  task "sft": RM-guided rejection sampling -> `<workdir>/sft.jsonl` (the next SFT round's
+  `data.source`); "rm": graded lists -> `<workdir>/rm.jsonl` (the rm stage's `data.source`);
+  "rl": queries with 2 to 5 of 8 right -> `<workdir>/queries.jsonl`. Each also writes
+  `problems.jsonl` (per-problem counts) and `summary.json`.
+  """
+  from qmath_jax.rounds import graded, rejection, rl_queries, rm_data  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  sampler, tokenizer, _ = _init_sampler(config)
+  problems = _sample_problems(config)
+  sample_cfg = graded.SampleConfig(**config.sample.to_dict(), seed=config.seed)
+  with _prompt_sampler(config, sampler, tokenizer, sample_cfg.prompt_type) as prompt_sampler:
+    if config.task == "sft":
+      scorer = _rm_scorer(config.scorer.rm_checkpoint, tokenizer, config.scorer.batch_size,
+                          config.scorer.max_length) if config.scorer.rm_checkpoint else None
+      summary = rejection.rejection_round(
+          prompt_sampler, problems, workdir, sample_cfg,
+          rejection.RejectionConfig(**config.rejection.to_dict()), scorer)
+    elif config.task == "rm":
+      summary = rm_data.rm_data_round(prompt_sampler, problems, workdir, sample_cfg,
+                                      rm_data.RmDataConfig(**config.rm_data.to_dict(),
+                                                           seed=config.seed))
+    else:
+      summary = rl_queries.rl_queries_round(prompt_sampler, problems, workdir, sample_cfg,
+                                            rl_queries.RlQueryConfig(**config.rl_queries.to_dict()))
+  return {"stage": "sample", "task": config.task, "problems": len(problems),
+          "summary": summary}
+
+
+def _rm_scorer(run_dir: str, tokenizer, batch_size: int, max_length: int):
+  """`rl.rewards.RewardModelScorer` over the latest checkpoint of an rm run."""
+  from qmath_jax.rl import rewards  # pylint: disable=g-import-not-at-top
+  model_cfg, params, _ = _latest_run_params(run_dir)
+  return rewards.RewardModelScorer(model_cfg, params, tokenizer, batch_size=batch_size,
+                                   max_length=max_length)
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -471,7 +578,10 @@ ACCURACY_FILE = "accuracy.json"
 
 
 def _latest_run_params(run_dir: str):
-  """(ModelConfig, params on one device, step) of a run directory's latest checkpoint."""
+  """(ModelConfig, params on one device, step) of a run directory's latest checkpoint.
+
+  The params are the decoder's, or for an rm run the reward model's (backbone + score head).
+  """
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, loop.CHECKPOINT_DIR))
   try:
     step = checkpointer.latest_step()
@@ -482,7 +592,8 @@ def _latest_run_params(run_dir: str):
     checkpointer.close()
   model_cfg = model_config.ModelConfig(**meta[MODEL_META])
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
+  _, init, _ = _stage_model(meta.get("stage", "sft"), model_cfg)
+  abstract = jax.eval_shape(lambda: nn.unbox(init(jax.random.key(0))))
   params = checkpoint_lib.restore_params(
       os.path.join(run_dir, loop.CHECKPOINT_DIR),
       checkpoint_lib.abstract_with_shardings(abstract, jax.tree.map(lambda _: device, abstract)))

@@ -18,11 +18,11 @@ from qmath_jax.train import metrics_writer
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
 
-def _rm_config():
-  spec = importlib.util.spec_from_file_location("rm_config", CONFIGS / "rm.py")
+def _load_config(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name[:-3] + "_config", CONFIGS / name)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def decoder(tmp_path_factory):
 
 
 def _config(decoder, **data):
-  config = _rm_config()
+  config = _load_config("rm.py")
   config.tokenizer.path, config.init.params_dir, _ = decoder
   config.model.dtype = "float32"
   config.data.source = "synthetic"
@@ -79,6 +79,19 @@ def test_rm_stage_starts_from_the_decoder_and_learns_the_lists(decoder, tmp_path
   assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
   meta = checkpoint_lib.Checkpointer(tmp_path / "checkpoints").read_meta()
   assert meta["stage"] == "rm"
+
+  # A rejection-sampling round ranks its responses with this run's reward model.
+  sample = _load_config("sample.py", "task=sft")
+  sample.tokenizer.path, sample.init.params_dir, _ = decoder
+  sample.model.dtype = "float32"
+  sample.data.sources = ("synthetic",)
+  sample.data.num_examples = 2
+  sample.sample.n = 4
+  sample.sample.max_new_tokens = 12
+  sample.scorer.rm_checkpoint = str(tmp_path)
+  result = main.run(sample, str(tmp_path / "sample"))
+  assert result["summary"]["config"]["scored"]
+  assert result["summary"]["num_sampled"] == 8
 
 
 def test_rm_lists_plant_one_wrong_answer_per_negative():

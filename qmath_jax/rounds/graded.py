@@ -17,7 +17,6 @@ import dataclasses
 import json
 import pathlib
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
@@ -28,16 +27,10 @@ from qmath_jax.data import sources
 from qmath_jax.evaluation import extract
 from qmath_jax.evaluation import grader
 from qmath_jax.evaluation import runner
+from qmath_jax.rl.rewards import ScorerLike
 
 PROBLEMS_FILE = "problems.jsonl"
 SUMMARY_FILE = "summary.json"
-
-
-class ScorerLike(Protocol):
-  """A reward model behind one call: conversations -> float32 scores [len(conversations)]."""
-
-  def score(self, conversations: Sequence[list[dict]]) -> np.ndarray:
-    ...
 
 
 @dataclasses.dataclass(frozen=True)
