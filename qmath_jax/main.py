@@ -4,8 +4,8 @@ r"""The one entry point: `python -m qmath_jax.main --config=configs/<round>.py -
     python -m qmath_jax.main --config=configs/sft.py:model=qwen2.5-math-7b --workdir=gs://... \
         --config.optim.lr=1e-5 --config.init.hf_dir=/ckpt/Qwen2.5-Math-7B
 
-`config.stage` picks the runner from `STAGES` (pretrain, sft, rm, sample, eval, pipeline; later
-stages join with `register_stage`). The config is checked before any compute (`config_validation`); a run
+`config.stage` picks the runner from `STAGES` (pretrain, sft, rm, sample, rl, eval, pipeline;
+later stages join with `register_stage`). The config is checked before any compute (`config_validation`); a run
 resumes from `<workdir>/checkpoints` when it has one; SIGTERM/SIGINT save and exit 0.
 
 A train stage is built in big_vision's order: config -> mesh -> tokenizer and data -> sharded
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 import ml_collections
 from ml_collections import config_flags
+import numpy as np
 
 from qmath_jax import config_validation
 from qmath_jax.data import chat
@@ -47,6 +48,7 @@ from qmath_jax.train import checkpoint as checkpoint_lib
 from qmath_jax.train import flops as flops_lib
 from qmath_jax.train import loop
 from qmath_jax.train import losses
+from qmath_jax.train import metrics_writer
 from qmath_jax.train import optimizer as optimizer_lib
 from qmath_jax.train import reward_model
 from qmath_jax.train import state as state_lib
@@ -505,6 +507,12 @@ def _check_sample_stage(config) -> list[str]:
   if rm_run and not os.path.isdir(os.path.join(rm_run, loop.CHECKPOINT_DIR)):
     problems.append(f"config.scorer.rm_checkpoint: no checkpoints in {rm_run!r} (expected an "
                     "rm run's workdir)")
+  return problems + _check_problem_sources(config)
+
+
+def _check_problem_sources(config) -> list[str]:
+  """Problems of `config.data.sources`: each a known source name, a jsonl file or 'synthetic'."""
+  problems = []
   for name in config.data.sources:
     if name == config_validation.SYNTHETIC:
       continue
@@ -517,7 +525,7 @@ def _check_sample_stage(config) -> list[str]:
   return problems
 
 
-def _sample_problems(config) -> list:
+def _problems(config, keep_empty_answers: bool = False) -> list:
   """Problems of `config.data.sources`, in order, at most `config.data.limit` of them."""
   problems = []
   for name in config.data.sources:
@@ -527,7 +535,7 @@ def _sample_problems(config) -> list:
       problems += sources.load_jsonl_problems(name)
     else:
       problems += sources.load(name, config.data.data_dir or None,
-                               keep_empty_answers=config.task == "sft")
+                               keep_empty_answers=keep_empty_answers)
   return problems[:config.data.limit] if config.data.limit else problems
 
 
@@ -543,7 +551,7 @@ def run_sample_stage(config, workdir: str) -> dict:
   from qmath_jax.rounds import graded, rejection, rl_queries, rm_data  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   sampler, tokenizer, _ = _init_sampler(config)
-  problems = _sample_problems(config)
+  problems = _problems(config, keep_empty_answers=config.task == "sft")
   sample_cfg = graded.SampleConfig(**config.sample.to_dict(), seed=config.seed)
   with _prompt_sampler(config, sampler, tokenizer, sample_cfg.prompt_type) as prompt_sampler:
     if config.task == "sft":
@@ -569,6 +577,120 @@ def _rm_scorer(run_dir: str, tokenizer, batch_size: int, max_length: int):
   model_cfg, params, _ = _latest_run_params(run_dir)
   return rewards.RewardModelScorer(model_cfg, params, tokenizer, batch_size=batch_size,
                                    max_length=max_length)
+
+
+# ----------------------------------------------------------------------------- rl stage
+
+
+def _check_rl_stage(config) -> list[str]:
+  """Problems of an rl config, found before any compute."""
+  problems = _check_sampling_inputs(config) + _check_problem_sources(config)
+  rl = config.rl
+  for field in ("episodes", "problems_per_episode", "group_size", "max_new_tokens", "seq_len"):
+    if not isinstance(rl[field], int) or rl[field] < (2 if field == "group_size" else 1):
+      problems.append(f"config.rl.{field}: expected an integer >= "
+                      f"{2 if field == 'group_size' else 1}, got {rl[field]!r}")
+  if not problems:
+    rows = rl.problems_per_episode * rl.group_size
+    if rl.minibatch_rows and rows % rl.minibatch_rows:
+      problems.append(f"config.rl.minibatch_rows: {rows} rows per episode (problems_per_episode "
+                      f"x group_size) do not split into minibatches of {rl.minibatch_rows}")
+  if config.sample.prompt_type != "cot":
+    problems.append(f"config.sample.prompt_type: the rl stage samples CoT prompts only, got "
+                    f"{config.sample.prompt_type!r}")
+  rm_run = config.scorer.rm_checkpoint
+  if rm_run and not os.path.isdir(os.path.join(rm_run, loop.CHECKPOINT_DIR)):
+    problems.append(f"config.scorer.rm_checkpoint: no checkpoints in {rm_run!r} (expected an "
+                    "rm run's workdir)")
+  return problems
+
+
+def _episode_problems(problems: list, episode: int, per_episode: int, seed: int) -> list:
+  """The problems of `episode`: consecutive slices of a per-epoch seeded shuffle."""
+  start = episode * per_episode
+  chosen = []
+  while len(chosen) < per_episode:
+    epoch, offset = divmod(start + len(chosen), len(problems))
+    order = np.random.default_rng([seed, epoch]).permutation(len(problems))
+    chosen += [problems[i] for i in order[offset:offset + per_episode - len(chosen)]]
+  return chosen
+
+
+@register_stage("rl", check=_check_rl_stage)
+def run_rl_stage(config, workdir: str) -> dict:
+  """GRPO from `config.init` (SPEC §3.3): episodes of rollout, reward, minibatched steps.
+
+  The init params are both the starting policy and the frozen reference. Each episode samples
+  `rl.group_size` responses for each of the next `rl.problems_per_episode` problems, rewards
+  them (the verifier, shaped by the reward model of `scorer.rm_checkpoint` when given) and
+  takes `problems_per_episode * group_size / minibatch_rows` optimizer steps
+  (`qmath_jax.rl.grpo`). Episode metrics go to `metrics.jsonl` (step = episode); the state is
+  checkpointed every `checkpoint.every` episodes and at the end, and a rerun resumes there.
+  """
+  from qmath_jax.rl import grpo, rollout  # pylint: disable=g-import-not-at-top
+  from qmath_jax.sampling import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  rl = config.rl
+  mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
+  tokenizer = tokenizer_lib.load_tokenizer(config.tokenizer.path)
+  model_cfg = _model_config(config, tokenizer)
+  rows = rl.problems_per_episode * rl.group_size
+  steps_per_episode = rows // (rl.minibatch_rows or rows)
+  optimizer, schedule = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(
+      peak_lr=config.optim.lr, end_lr=config.optim.end_lr,
+      warmup_steps=config.optim.warmup_steps, total_steps=rl.episodes * steps_per_episode,
+      decay=config.optim.decay, weight_decay=config.optim.weight_decay, b1=config.optim.b1,
+      b2=config.optim.b2, clip_norm=config.optim.clip_norm))
+  _, init_params, _ = _stage_model("sft", model_cfg)
+  init_state, shardings = state_lib.sharded_init(init_params, optimizer, mesh, config.seed)
+  abstract_state = checkpoint_lib.abstract_with_shardings(jax.eval_shape(init_state), shardings)
+  load = lambda: _load_init_params(config, abstract_state.params)
+  ref_params = load()  # the frozen reference; the policy gets its own copy (its state is donated)
+
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, loop.CHECKPOINT_DIR), keep_last=config.checkpoint.keep_last,
+      async_save=config.checkpoint.async_save)
+  done = checkpointer.latest_step() or 0
+  if done:
+    state, _, _ = checkpointer.restore(done, abstract_state)
+  else:
+    rng = jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1))
+    state = jax.jit(lambda params: state_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+        rng=rng), out_shardings=shardings, donate_argnums=0)(load())
+
+  grpo_cfg = grpo.GrpoConfig(
+      rollout=rollout.RolloutConfig(
+          group_size=rl.group_size, temperature=config.sample.temperature,
+          top_p=config.sample.top_p, max_new_tokens=rl.max_new_tokens,
+          alpha=rl.alpha),
+      seq_len=rl.seq_len, minibatch_rows=rl.minibatch_rows or None, clip_eps=rl.clip_eps,
+      kl_beta=rl.kl_beta)
+  train_step = grpo.make_grpo_step(model_cfg, optimizer, grpo_cfg, mesh=mesh,
+                                   state_shardings=shardings, learning_rate_fn=schedule)
+  scorer = _rm_scorer(config.scorer.rm_checkpoint, tokenizer, config.scorer.batch_size,
+                      rl.seq_len) if config.scorer.rm_checkpoint else None
+  problems = _problems(config)
+  sampler = sampler_lib.Sampler(model_cfg, ref_params, tokenizer, mesh=mesh)
+  meta = {"stage": "rl", MODEL_META: dataclasses.asdict(model_cfg),
+          "config": json.loads(config.to_json_best_effort())}
+  writer = metrics_writer.MetricsWriter(workdir, rl.episodes, is_main=jax.process_index() == 0)
+  writer.start(done)
+  metrics = {}
+  try:
+    for episode in range(done, rl.episodes):
+      state, metrics = grpo.grpo_iteration(
+          state, train_step, sampler, tokenizer,
+          _episode_problems(problems, episode, rl.problems_per_episode, config.seed),
+          model_cfg, ref_params, grpo_cfg, seed=config.seed + episode, scorer=scorer)
+      writer.write(episode + 1, metrics)
+      writer.advance(episode + 1)
+      if (episode + 1) % config.checkpoint.every == 0 or episode + 1 == rl.episodes:
+        checkpointer.save(episode + 1, state, meta=dict(meta, episode=episode + 1))
+  finally:
+    checkpointer.close()
+    writer.close()
+  return {"stage": "rl", "step": rl.episodes, "episodes_run": rl.episodes - done, **metrics}
 
 
 # ----------------------------------------------------------------------------- accuracy

@@ -19,3 +19,32 @@ def data_dir():
   if found is None:
     pytest.skip("benchmark data directory not found (set QMATH_DATA_DIR)")
   return found
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory):
+  """(tokenizer path, params checkpoint dir, params): a sentencepiece tokenizer of 384 ids
+  trained on synthetic documents and a random tiny decoder saved with `convert.save_params`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from qmath_jax import convert  # pylint: disable=g-import-not-at-top
+  from qmath_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from qmath_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from qmath_jax.model import get_config, init_params  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("tiny_decoder")
+  tok_path = str(root / "tokenizer.model")
+  tokenizer_lib.train_sentencepiece(synthetic.corpus(200, seed=0), 384, tok_path)
+  cfg = get_config("tiny", vocab_size=384)
+  params = init_params(cfg, jax.random.key(0))
+  convert.save_params(root / "params", cfg, params)
+  return tok_path, str(root / "params"), params
+
+
+def load_config(name, arg=None):
+  """`configs/<name>`'s `get_config(arg)`."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(__file__).parents[1] / "configs" / name
+  spec = importlib.util.spec_from_file_location(path.stem + "_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

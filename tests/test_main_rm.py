@@ -1,44 +1,19 @@
 """The rm stage: the reward model trains through the entry point from a decoder checkpoint."""
 
-import importlib.util
-import pathlib
-
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from conftest import load_config
 
-from qmath_jax import config_validation, convert, main
+from qmath_jax import config_validation, main
 from qmath_jax.data import pipelines, synthetic
-from qmath_jax.data import tokenizer as tokenizer_lib
-from qmath_jax.model import get_config, init_params
+from qmath_jax.model import get_config
 from qmath_jax.train import checkpoint as checkpoint_lib
 from qmath_jax.train import metrics_writer
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
-
-
-def _load_config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name[:-3] + "_config", CONFIGS / name)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-@pytest.fixture(scope="module")
-def decoder(tmp_path_factory):
-  """A sentencepiece tokenizer and a random tiny decoder saved as a params checkpoint."""
-  root = tmp_path_factory.mktemp("rm_init")
-  tok_path = str(root / "tokenizer.model")
-  tokenizer_lib.train_sentencepiece(synthetic.corpus(200, seed=0), 384, tok_path)
-  cfg = get_config("tiny", vocab_size=384)
-  params = init_params(cfg, jax.random.key(3))
-  convert.save_params(root / "params", cfg, params)
-  return tok_path, str(root / "params"), params
-
-
 def _config(decoder, **data):
-  config = _load_config("rm.py")
+  config = load_config("rm.py")
   config.tokenizer.path, config.init.params_dir, _ = decoder
   config.model.dtype = "float32"
   config.data.source = "synthetic"
@@ -58,8 +33,8 @@ def _config(decoder, **data):
   return config
 
 
-def test_rm_stage_starts_from_the_decoder_and_learns_the_lists(decoder, tmp_path):
-  config = _config(decoder)
+def test_rm_stage_starts_from_the_decoder_and_learns_the_lists(tiny_decoder, tmp_path):
+  config = _config(tiny_decoder)
   # The backbone starts as the decoder checkpoint, the score head fresh.
   model_cfg = get_config("tiny", vocab_size=384)
   _, init, _ = main._stage_model("rm", model_cfg)  # pylint: disable=protected-access
@@ -67,7 +42,7 @@ def test_rm_stage_starts_from_the_decoder_and_learns_the_lists(decoder, tmp_path
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   start = main._init_stage_params(  # pylint: disable=protected-access
       config, init, abstract, jax.tree.map(lambda _: device, abstract))
-  for a, b in zip(jax.tree.leaves(start["backbone"]), jax.tree.leaves(decoder[2])):
+  for a, b in zip(jax.tree.leaves(start["backbone"]), jax.tree.leaves(tiny_decoder[2])):
     np.testing.assert_array_equal(a, b)
   assert set(start["score_head"]) == {"dense", "out"}
 
@@ -81,8 +56,8 @@ def test_rm_stage_starts_from_the_decoder_and_learns_the_lists(decoder, tmp_path
   assert meta["stage"] == "rm"
 
   # A rejection-sampling round ranks its responses with this run's reward model.
-  sample = _load_config("sample.py", "task=sft")
-  sample.tokenizer.path, sample.init.params_dir, _ = decoder
+  sample = load_config("sample.py", "task=sft")
+  sample.tokenizer.path, sample.init.params_dir, _ = tiny_decoder
   sample.model.dtype = "float32"
   sample.data.sources = ("synthetic",)
   sample.data.num_examples = 2
@@ -106,7 +81,7 @@ def test_rm_lists_plant_one_wrong_answer_per_negative():
   assert lists == pipelines.planted_rm_lists(problems, list_size=6, seed=2)
 
 
-def test_rm_config_errors_name_the_field(decoder, tmp_path):
-  config = _config(decoder, list_size=1)
+def test_rm_config_errors_name_the_field(tiny_decoder, tmp_path):
+  config = _config(tiny_decoder, list_size=1)
   with pytest.raises(config_validation.ConfigError, match="config.data.list_size"):
     main.run(config, str(tmp_path))

@@ -1,42 +1,19 @@
 """The sample stage end to end: a tiny model's graded responses become the next round's files."""
 
-import importlib.util
 import json
-import pathlib
 
-import jax
 import pytest
+from conftest import load_config
 
-from qmath_jax import config_validation, convert, main
-from qmath_jax.data import records, synthetic
-from qmath_jax.data import tokenizer as tokenizer_lib
-from qmath_jax.model import get_config, init_params
+from qmath_jax import config_validation, main
+from qmath_jax.data import records
 
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 OUTPUT = {"sft": "sft.jsonl", "rm": "rm.jsonl", "rl": "queries.jsonl"}
-
-
-def sample_config(arg=None):
-  spec = importlib.util.spec_from_file_location("sample_config", CONFIGS / "sample.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-@pytest.fixture(scope="module")
-def decoder(tmp_path_factory):
-  """A sentencepiece tokenizer and a random tiny decoder saved as a params checkpoint."""
-  root = tmp_path_factory.mktemp("sample_model")
-  tok_path = str(root / "tokenizer.model")
-  tokenizer_lib.train_sentencepiece(synthetic.corpus(200, seed=0), 384, tok_path)
-  cfg = get_config("tiny", vocab_size=384)
-  convert.save_params(root / "params", cfg, init_params(cfg, jax.random.key(0)))
-  return tok_path, str(root / "params")
 
 
 def small(config, decoder, problems=3):
   """`config` on the tiny decoder, synthetic problems and short responses."""
-  config.tokenizer.path, config.init.params_dir = decoder
+  config.tokenizer.path, config.init.params_dir, _ = decoder
   config.model.dtype = "float32"
   config.data.sources = ("synthetic",)
   config.data.num_examples = problems
@@ -46,8 +23,8 @@ def small(config, decoder, problems=3):
 
 
 @pytest.mark.parametrize("task,n", [("sft", 8), ("rm", 6), ("rl", 8)])
-def test_sample_stage_writes_the_round_files(decoder, tmp_path, task, n):
-  config = small(sample_config(f"task={task}"), decoder)
+def test_sample_stage_writes_the_round_files(tiny_decoder, tmp_path, task, n):
+  config = small(load_config("sample.py", f"task={task}"), tiny_decoder)
   assert config.sample.n == n  # SPEC: 6 responses per RM query, 8 per RL query
   result = main.run(config, str(tmp_path))
   assert result["task"] == task and result["problems"] == 3
@@ -59,8 +36,8 @@ def test_sample_stage_writes_the_round_files(decoder, tmp_path, task, n):
   assert (tmp_path / OUTPUT[task]).is_file()
 
 
-def test_sample_config_errors_before_compute(decoder, tmp_path):
-  config = small(sample_config("task=rm"), decoder)
+def test_sample_config_errors_before_compute(tiny_decoder, tmp_path):
+  config = small(load_config("sample.py", "task=rm"), tiny_decoder)
   config.task = "dpo"
   config.sample.n = 5
   config.data.sources = ("synthetic", "nope/train", str(tmp_path / "missing.jsonl"))

@@ -1,0 +1,70 @@
+"""The rl stage: GRPO episodes through the entry point, metrics per episode, checkpoints, resume."""
+
+import pytest
+from conftest import load_config
+
+from qmath_jax import config_validation, main
+from qmath_jax.train import checkpoint as checkpoint_lib
+from qmath_jax.train import metrics_writer
+
+
+def _config(decoder, episodes):
+  config = load_config("rl.py")
+  config.tokenizer.path, config.init.params_dir, _ = decoder
+  config.model.dtype = "float32"
+  config.data.sources = ("synthetic",)
+  config.data.num_examples = 3
+  config.rl.episodes = episodes
+  config.rl.group_size = 4
+  config.rl.problems_per_episode = 2
+  config.rl.minibatch_rows = 8
+  config.rl.max_new_tokens = 8
+  config.rl.seq_len = 256
+  config.checkpoint.every = 2
+  config.checkpoint.async_save = False
+  return config
+
+
+def test_rl_stage_runs_episodes_checkpoints_and_resumes(tiny_decoder, tmp_path):
+  first = main.run(_config(tiny_decoder, episodes=2), str(tmp_path))
+  assert first["episodes_run"] == 2 and first["steps"] == 1.0
+  rows = metrics_writer.read_metrics(tmp_path)
+  assert [row["step"] for row in rows] == [1, 2]
+  for row in rows:
+    assert -1.0 <= row["reward"] <= 1.0 and 0.0 <= row["accuracy"] <= 1.0
+    assert row["ratio"] == pytest.approx(1.0, abs=1e-4)  # one on-policy step per episode
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path / "checkpoints")
+  assert checkpointer.latest_step() == 2
+  meta = checkpointer.read_meta()
+  checkpointer.close()
+  assert meta["stage"] == "rl" and meta["episode"] == 2
+
+  # A longer run in the same workdir resumes after episode 2; its policy is the trained one.
+  again = main.run(_config(tiny_decoder, episodes=3), str(tmp_path))
+  assert again["episodes_run"] == 1
+  assert [row["step"] for row in metrics_writer.read_metrics(tmp_path)] == [1, 2, 3]
+  model_cfg, params, step = main._latest_run_params(str(tmp_path))  # pylint: disable=protected-access
+  assert step == 3 and model_cfg.vocab_size == 384
+
+
+def test_rl_episodes_cycle_through_shuffled_problems():
+  problems = list(range(5))
+  seen = [main._episode_problems(problems, e, 2, seed=0) for e in range(5)]  # pylint: disable=protected-access
+  assert all(len(batch) == 2 for batch in seen)
+  flat = sum(seen, [])
+  assert sorted(flat[:5]) == problems and sorted(flat[5:10]) == problems  # each epoch whole
+  assert seen == [main._episode_problems(problems, e, 2, seed=0) for e in range(5)]  # pylint: disable=protected-access
+
+
+def test_rl_config_errors_name_the_field(tiny_decoder, tmp_path):
+  config = _config(tiny_decoder, episodes=1)
+  config.rl.group_size = 1
+  config.sample.prompt_type = "tir"
+  with pytest.raises(config_validation.ConfigError) as err:
+    main.run(config, str(tmp_path))
+  assert "config.rl.group_size" in str(err.value)
+  assert "config.sample.prompt_type" in str(err.value)
+  config.rl.group_size = 3
+  config.sample.prompt_type = "cot"
+  with pytest.raises(config_validation.ConfigError, match="config.rl.minibatch_rows"):
+    main.run(config, str(tmp_path))
