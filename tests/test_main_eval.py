@@ -1,38 +1,22 @@
 """The eval stage end to end: a tiny model over a slice of every benchmark, CoT and TIR."""
 
-import importlib.util
 import json
-import pathlib
 
-import jax
 import pytest
+from conftest import load_config
 
-from qmath_jax import config_validation, convert, main
-from qmath_jax.data import synthetic
-from qmath_jax.data import tokenizer as tokenizer_lib
+from qmath_jax import config_validation, main
 from qmath_jax.evaluation import benchmarks
-from qmath_jax.model import get_config, init_params
-
-CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
 
 def _eval_config(arg=None):
-  spec = importlib.util.spec_from_file_location("eval_config", CONFIGS / "eval.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config("eval.py", arg)
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  """A sentencepiece tokenizer and a random tiny model saved as a params checkpoint."""
-  root = tmp_path_factory.mktemp("eval_model")
-  tok_path = str(root / "tokenizer.model")
-  tokenizer_lib.train_sentencepiece(synthetic.corpus(200, seed=0), 384, tok_path)
-  tok = tokenizer_lib.load_tokenizer(tok_path)
-  cfg = get_config("tiny", vocab_size=tok.vocab_size)
-  convert.save_params(root / "params", cfg, init_params(cfg, jax.random.key(0)))
-  return tok_path, str(root / "params")
+def tiny_run(tiny_decoder):
+  """(tokenizer path, params checkpoint dir) of the shared random tiny decoder."""
+  return tiny_decoder[:2]
 
 
 def _config(tiny_run, data_dir, arg=None, **eval_overrides):
