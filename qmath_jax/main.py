@@ -275,6 +275,14 @@ def _eval_hook(config, loss_fn, eval_pipeline, mesh, param_shardings):
   return loop.EvalHook(every=config.train.eval_every, fn=evaluate, prefix="eval")
 
 
+def _optimizer(optim, total_steps: int):
+  """(optax AdamW with its schedule, the schedule) from a config's `optim` fields."""
+  return optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(
+      peak_lr=optim.lr, end_lr=optim.end_lr, warmup_steps=optim.warmup_steps,
+      total_steps=total_steps, decay=optim.decay, weight_decay=optim.weight_decay, b1=optim.b1,
+      b2=optim.b2, clip_norm=optim.clip_norm))
+
+
 def _stage_model(stage: str, model_cfg):
   """(module, `init(rng)` -> boxed params, loss name) of a train stage.
 
@@ -308,11 +316,7 @@ def run_train_stage(config, workdir: str) -> dict:
                               config.data.num_eval_examples, split="test",
                               per_host_batch=per_host_batch, epochs=1, shuffle=False)
 
-  optimizer, schedule = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(
-      peak_lr=config.optim.lr, end_lr=config.optim.end_lr,
-      warmup_steps=config.optim.warmup_steps, total_steps=config.train.total_steps,
-      decay=config.optim.decay, weight_decay=config.optim.weight_decay, b1=config.optim.b1,
-      b2=config.optim.b2, clip_norm=config.optim.clip_norm))
+  optimizer, schedule = _optimizer(config.optim, config.train.total_steps)
   init_state, shardings = state_lib.sharded_init(init_params, optimizer, mesh, config.seed)
   abstract_state = jax.eval_shape(init_state)
   if any(config.init.values()):
@@ -503,10 +507,7 @@ def _check_sample_stage(config) -> list[str]:
   if config.task == "rm" and config.sample.n != config.rm_data.list_size:
     problems.append(f"config.sample.n: {config.sample.n} responses per query, but "
                     f"config.rm_data.list_size is {config.rm_data.list_size}")
-  rm_run = config.scorer.rm_checkpoint
-  if rm_run and not os.path.isdir(os.path.join(rm_run, loop.CHECKPOINT_DIR)):
-    problems.append(f"config.scorer.rm_checkpoint: no checkpoints in {rm_run!r} (expected an "
-                    "rm run's workdir)")
+  problems += _check_rm_checkpoint(config)
   return problems + _check_problem_sources(config)
 
 
@@ -523,6 +524,15 @@ def _check_problem_sources(config) -> list[str]:
       problems.append(f"config.data.sources: unknown source {name!r}; give a jsonl path, "
                       f"'synthetic' or one of {sorted(sources.SOURCES)}")
   return problems
+
+
+def _check_rm_checkpoint(config) -> list[str]:
+  """Problems of `config.scorer.rm_checkpoint`: empty, or an rm run's workdir."""
+  rm_run = config.scorer.rm_checkpoint
+  if rm_run and not os.path.isdir(os.path.join(rm_run, loop.CHECKPOINT_DIR)):
+    return [f"config.scorer.rm_checkpoint: no checkpoints in {rm_run!r} (expected an rm run's "
+            "workdir)"]
+  return []
 
 
 def _problems(config, keep_empty_answers: bool = False) -> list:
@@ -598,10 +608,7 @@ def _check_rl_stage(config) -> list[str]:
   if config.sample.prompt_type != "cot":
     problems.append(f"config.sample.prompt_type: the rl stage samples CoT prompts only, got "
                     f"{config.sample.prompt_type!r}")
-  rm_run = config.scorer.rm_checkpoint
-  if rm_run and not os.path.isdir(os.path.join(rm_run, loop.CHECKPOINT_DIR)):
-    problems.append(f"config.scorer.rm_checkpoint: no checkpoints in {rm_run!r} (expected an "
-                    "rm run's workdir)")
+  problems += _check_rm_checkpoint(config)
   return problems
 
 
@@ -636,11 +643,7 @@ def run_rl_stage(config, workdir: str) -> dict:
   model_cfg = _model_config(config, tokenizer)
   rows = rl.problems_per_episode * rl.group_size
   steps_per_episode = rows // (rl.minibatch_rows or rows)
-  optimizer, schedule = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(
-      peak_lr=config.optim.lr, end_lr=config.optim.end_lr,
-      warmup_steps=config.optim.warmup_steps, total_steps=rl.episodes * steps_per_episode,
-      decay=config.optim.decay, weight_decay=config.optim.weight_decay, b1=config.optim.b1,
-      b2=config.optim.b2, clip_norm=config.optim.clip_norm))
+  optimizer, schedule = _optimizer(config.optim, rl.episodes * steps_per_episode)
   _, init_params, _ = _stage_model("sft", model_cfg)
   init_state, shardings = state_lib.sharded_init(init_params, optimizer, mesh, config.seed)
   abstract_state = checkpoint_lib.abstract_with_shardings(jax.eval_shape(init_state), shardings)
