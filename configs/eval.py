@@ -5,7 +5,8 @@ r"""The eval stage: the report's benchmarks with CoT or TIR prompts, greedy or m
         --config.tokenizer.path=/ckpt/Qwen2.5-Math-7B-Instruct
     python -m qmath_jax.main --config=configs/eval.py:mode=maj8,prompt=tir ...
 
-Modes (SPEC): `greedy` (temperature 0), `maj8` (n=8, temperature 0.7, top_p 0.8). Params come
+Modes (SPEC): `greedy` (temperature 0), `maj8` (n=8, temperature 0.7, top_p 0.8); with
+`--config.scorer.rm_checkpoint=<rm run>` the same samples also give RM@8. Params come
 from exactly one of `init.checkpoint` (a run's workdir), `init.params_dir`, `init.hf_dir`.
 Benchmark files are read from `eval.data_dir` (default: $QMATH_DATA_DIR, then ../shared/data).
 """
@@ -54,6 +55,10 @@ def get_config(arg=None):
   c.eval.pass_k = (1, 8)
   c.eval.seed = 0
   c.eval.data_dir = ""
+  c.scorer = ml_collections.ConfigDict()
+  c.scorer.rm_checkpoint = ""  # an rm run's workdir: adds RM@N (best of n by its score)
+  c.scorer.batch_size = 16
+  c.scorer.max_length = 4096
   c.sandbox = ml_collections.ConfigDict()
   c.sandbox.timeout = 5.0     # seconds per program (SPEC)
   c.sandbox.num_workers = 0   # 0: one per core

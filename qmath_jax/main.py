@@ -431,7 +431,7 @@ def _check_sampling_inputs(config) -> list[str]:
 def _check_eval_stage(config) -> list[str]:
   """Problems of an eval config, found before any compute."""
   from qmath_jax.evaluation import benchmarks, runner  # pylint: disable=g-import-not-at-top
-  problems = _check_sampling_inputs(config)
+  problems = _check_sampling_inputs(config) + _check_rm_checkpoint(config)
   try:
     eval_config = runner.EvalConfig.from_mapping(config.eval)
   except (ValueError, TypeError) as e:
@@ -474,7 +474,7 @@ def _prompt_sampler(config, sampler, tokenizer, prompt_type: str):
 
 @register_stage("eval", check=_check_eval_stage)
 def run_eval_stage(config, workdir: str) -> dict:
-  """Greedy / maj@N / pass@k on the benchmarks with `config.init`'s params (CoT or TIR).
+  """Greedy / maj@N / RM@N / pass@k on the benchmarks with `config.init`'s params (CoT or TIR).
 
   Writes `<workdir>/samples/<dataset>.jsonl` (resumable), `eval_results.json`,
   `eval_report.md` and `eval_scores.png`; returns the headline metric and group averages.
@@ -482,8 +482,12 @@ def run_eval_stage(config, workdir: str) -> dict:
   from qmath_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
   sampler, tokenizer, _ = _init_sampler(config)
   eval_config = runner.EvalConfig.from_mapping(config.eval)
+  score_fn = None
+  if config.scorer.rm_checkpoint:  # RM@N: each problem's best response by the RM's score
+    score_fn = _rm_scorer(config.scorer.rm_checkpoint, tokenizer, config.scorer.batch_size,
+                          config.scorer.max_length).score_completions
   with _prompt_sampler(config, sampler, tokenizer, eval_config.prompt_type) as prompt_sampler:
-    results = runner.run_eval(prompt_sampler, workdir, eval_config)
+    results = runner.run_eval(prompt_sampler, workdir, eval_config, score_fn)
   return {"metric": results["metric"], "averages": results["averages"],
           "datasets": {name: scores.get(results["metric"])
                        for name, scores in results["datasets"].items()}}

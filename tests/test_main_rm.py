@@ -1,5 +1,7 @@
 """The rm stage: the reward model trains through the entry point from a decoder checkpoint."""
 
+import json
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -33,9 +35,8 @@ def _config(decoder, **data):
   return config
 
 
-def test_rm_stage_starts_from_the_decoder_and_learns_the_lists(tiny_decoder, tmp_path):
+def test_rm_stage_starts_from_the_decoder(tiny_decoder):
   config = _config(tiny_decoder)
-  # The backbone starts as the decoder checkpoint, the score head fresh.
   model_cfg = get_config("tiny", vocab_size=384)
   _, init, _ = main._stage_model("rm", model_cfg)  # pylint: disable=protected-access
   abstract = jax.eval_shape(lambda: nn.unbox(init(jax.random.key(0))))
@@ -43,19 +44,29 @@ def test_rm_stage_starts_from_the_decoder_and_learns_the_lists(tiny_decoder, tmp
   start = main._init_stage_params(  # pylint: disable=protected-access
       config, init, abstract, jax.tree.map(lambda _: device, abstract))
   for a, b in zip(jax.tree.leaves(start["backbone"]), jax.tree.leaves(tiny_decoder[2])):
-    np.testing.assert_array_equal(a, b)
-  assert set(start["score_head"]) == {"dense", "out"}
+    np.testing.assert_array_equal(a, b)  # the decoder checkpoint, as loaded
+  assert set(start["score_head"]) == {"dense", "out"}  # drawn fresh
 
-  summary = main.run(config, str(tmp_path))
+
+@pytest.fixture(scope="module")
+def rm_run(tiny_decoder, tmp_path_factory):
+  """An rm run's workdir: 14 steps on planted-error lists from the tiny decoder."""
+  workdir = tmp_path_factory.mktemp("rm_run")
+  summary = main.run(_config(tiny_decoder), str(workdir))
   assert summary["step"] == 14
-  losses = [row["loss"] for row in metrics_writer.read_metrics(tmp_path) if "loss" in row]
+  return workdir
+
+
+def test_rm_stage_learns_the_lists(rm_run):
+  losses = [row["loss"] for row in metrics_writer.read_metrics(rm_run) if "loss" in row]
   assert len(losses) == 14
   assert np.mean(losses[:4]) > 0.68  # ln 2: no preference between the responses yet
   assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
-  meta = checkpoint_lib.Checkpointer(tmp_path / "checkpoints").read_meta()
+  meta = checkpoint_lib.Checkpointer(rm_run / "checkpoints").read_meta()
   assert meta["stage"] == "rm"
 
-  # A rejection-sampling round ranks its responses with this run's reward model.
+
+def test_rejection_sampling_ranks_with_the_trained_rm(tiny_decoder, rm_run, tmp_path):
   sample = load_config("sample.py", "task=sft")
   sample.tokenizer.path, sample.init.params_dir, _ = tiny_decoder
   sample.model.dtype = "float32"
@@ -63,10 +74,30 @@ def test_rm_stage_starts_from_the_decoder_and_learns_the_lists(tiny_decoder, tmp
   sample.data.num_examples = 2
   sample.sample.n = 4
   sample.sample.max_new_tokens = 12
-  sample.scorer.rm_checkpoint = str(tmp_path)
-  result = main.run(sample, str(tmp_path / "sample"))
+  sample.scorer.rm_checkpoint = str(rm_run)
+  result = main.run(sample, str(tmp_path))
   assert result["summary"]["config"]["scored"]
   assert result["summary"]["num_sampled"] == 8
+
+
+def test_eval_reports_rm_at_n_with_the_trained_rm(tiny_decoder, rm_run, data_dir, tmp_path):
+  config = load_config("eval.py", "mode=maj8")
+  config.tokenizer.path, config.init.params_dir, _ = tiny_decoder
+  config.model.dtype = "float32"
+  config.eval.data_dir = str(data_dir)
+  config.eval.datasets = ("gsm8k",)
+  config.eval.limit = 2
+  config.eval.n = 4
+  config.eval.pass_k = (1, 4)
+  config.eval.max_new_tokens = 8
+  config.scorer.rm_checkpoint = str(rm_run)
+  summary = main.run(config, str(tmp_path))
+  records = [json.loads(line) for line in
+             (tmp_path / "samples" / "gsm8k.jsonl").read_text().splitlines()]
+  assert len(records) == 2
+  for record in records:
+    assert len(record["scores"]) == 4 and len(set(record["scores"])) > 1
+  assert summary["metric"] == "rm"
 
 
 def test_rm_lists_plant_one_wrong_answer_per_negative():

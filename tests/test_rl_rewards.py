@@ -105,3 +105,14 @@ def test_scorer_rejects_long_conversations_naming_index_and_lengths(rm_params):
     scorer.score(CONVERSATIONS)
   with pytest.raises(ValueError, match="conversation 0 must end with an assistant message"):
     scorer.score([CONVERSATIONS[0][:2]])
+
+
+def test_completion_scores_for_rm_at_n_equal_the_conversation_scores(rm_params):
+  scorer = rewards.RewardModelScorer(CFG, rm_params, TOKENIZER, batch_size=4, max_length=160)
+  prompts = [chat.render(c[:-1], add_generation_prompt=True) for c in CONVERSATIONS[:2]]
+  responses = [[CONVERSATIONS[0][-1]["content"], "wrong"], [CONVERSATIONS[1][-1]["content"]]]
+  got = scorer.score_completions(prompts, responses)
+  assert [len(row) for row in got] == [2, 1]
+  want = scorer.score([CONVERSATIONS[0], CONVERSATIONS[0][:-1] + [
+      {"role": "assistant", "content": "wrong"}], CONVERSATIONS[1]])
+  np.testing.assert_allclose([got[0][0], got[0][1], got[1][0]], want, rtol=0, atol=1e-6)

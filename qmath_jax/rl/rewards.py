@@ -105,20 +105,43 @@ class RewardModelScorer:
 
   def encode(self, conversations: Sequence[Sequence[dict]]) -> list[list[int]]:
     """Token ids of each chat-formatted conversation; raises ValueError when one is too long."""
-    encoded = []
+    texts = []
     for i, messages in enumerate(conversations):
       if not messages or messages[-1].get("role") != "assistant":
         raise ValueError(f"conversation {i} must end with an assistant message")
-      ids = self.tokenizer.encode(chat.render(messages))
+      texts.append(chat.render(messages))
+    return self._encode_texts(texts, "conversation")
+
+  def _encode_texts(self, texts: Sequence[str], what: str) -> list[list[int]]:
+    encoded = []
+    for i, text in enumerate(texts):
+      ids = self.tokenizer.encode(text)
       if len(ids) > self.max_length:
-        raise ValueError(f"conversation {i} has {len(ids)} tokens > max_length="
-                         f"{self.max_length}")
+        raise ValueError(f"{what} {i} has {len(ids)} tokens > max_length={self.max_length}")
       encoded.append(ids)
     return encoded
 
   def score(self, conversations: Sequence[Sequence[dict]]) -> np.ndarray:
     """float32 `[len(conversations)]`: the RM score of each conversation."""
-    encoded = self.encode(conversations)
+    return self._score_ids(self.encode(conversations))
+
+  def score_completions(self, prompt_texts: Sequence[str],
+                        completions: Sequence[Sequence[str]]) -> list[list[float]]:
+    """RM scores of rendered prompts' completions (`evaluation.runner.ScoreFn`, for RM@N).
+
+    Each prompt is ChatML ending in an open assistant turn; prompt + completion + the turn's
+    end is the conversation the RM reads (the same text `score` renders).
+    """
+    texts = [prompt + text + chat.IM_END + "\n"
+             for prompt, row in zip(prompt_texts, completions) for text in row]
+    flat = self._score_ids(self._encode_texts(texts, "completion")).tolist()
+    out, start = [], 0
+    for row in completions:
+      out.append(flat[start:start + len(row)])
+      start += len(row)
+    return out
+
+  def _score_ids(self, encoded: list[list[int]]) -> np.ndarray:
     out = np.zeros((len(encoded),), np.float32)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together
     for start in range(0, len(order), self.batch_size):
