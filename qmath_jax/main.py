@@ -636,7 +636,8 @@ def run_rl_stage(config, workdir: str) -> dict:
   them (the verifier, shaped by the reward model of `scorer.rm_checkpoint` when given) and
   takes `problems_per_episode * group_size / minibatch_rows` optimizer steps
   (`qmath_jax.rl.grpo`). Episode metrics go to `metrics.jsonl` (step = episode); the state is
-  checkpointed every `checkpoint.every` episodes and at the end, and a rerun resumes there.
+  checkpointed every `checkpoint.every` episodes, at the end and on SIGTERM/SIGINT (after the
+  episode in flight), and a rerun resumes there.
   """
   from qmath_jax.rl import grpo, rollout  # pylint: disable=g-import-not-at-top
   from qmath_jax.sampling import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
@@ -683,21 +684,25 @@ def run_rl_stage(config, workdir: str) -> dict:
           "config": json.loads(config.to_json_best_effort())}
   writer = metrics_writer.MetricsWriter(workdir, rl.episodes, is_main=jax.process_index() == 0)
   writer.start(done)
-  metrics = {}
+  metrics, episode = {}, done
   try:
-    for episode in range(done, rl.episodes):
-      state, metrics = grpo.grpo_iteration(
-          state, train_step, sampler, tokenizer,
-          _episode_problems(problems, episode, rl.problems_per_episode, config.seed),
-          model_cfg, ref_params, grpo_cfg, seed=config.seed + episode, scorer=scorer)
-      writer.write(episode + 1, metrics)
-      writer.advance(episode + 1)
-      if (episode + 1) % config.checkpoint.every == 0 or episode + 1 == rl.episodes:
-        checkpointer.save(episode + 1, state, meta=dict(meta, episode=episode + 1))
+    with loop.StopSignals() as signals:
+      while episode < rl.episodes and not signals.received:
+        state, metrics = grpo.grpo_iteration(
+            state, train_step, sampler, tokenizer,
+            _episode_problems(problems, episode, rl.problems_per_episode, config.seed),
+            model_cfg, ref_params, grpo_cfg, seed=config.seed + episode, scorer=scorer)
+        episode += 1
+        writer.write(episode, metrics)
+        writer.advance(episode)
+        if (episode % config.checkpoint.every == 0 or episode == rl.episodes or
+            signals.received):  # SIGTERM/SIGINT: save the finished episode, exit 0
+          checkpointer.save(episode, state, meta=dict(meta, episode=episode))
   finally:
     checkpointer.close()
     writer.close()
-  return {"stage": "rl", "step": rl.episodes, "episodes_run": rl.episodes - done, **metrics}
+  return {"stage": "rl", "step": episode, "episodes_run": episode - done,
+          "preempted": episode < rl.episodes, **metrics}
 
 
 # ----------------------------------------------------------------------------- accuracy

@@ -1,5 +1,8 @@
 """The rl stage: GRPO episodes through the entry point, metrics per episode, checkpoints, resume."""
 
+import os
+import signal
+
 import pytest
 from conftest import load_config
 
@@ -68,3 +71,19 @@ def test_rl_config_errors_name_the_field(tiny_decoder, tmp_path):
   config.sample.prompt_type = "cot"
   with pytest.raises(config_validation.ConfigError, match="config.rl.minibatch_rows"):
     main.run(config, str(tmp_path))
+
+
+def test_sigterm_saves_the_finished_episode(tiny_decoder, tmp_path, monkeypatch):
+  from qmath_jax.rl import grpo  # pylint: disable=g-import-not-at-top
+  iteration = grpo.grpo_iteration
+
+  def preempted_iteration(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice arrives mid-episode
+    return iteration(*args, **kwargs)
+
+  monkeypatch.setattr(grpo, "grpo_iteration", preempted_iteration)
+  result = main.run(_config(tiny_decoder, episodes=3), str(tmp_path))
+  assert result["preempted"] and result["step"] == 1
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path / "checkpoints")
+  assert checkpointer.latest_step() == 1
+  checkpointer.close()

@@ -114,7 +114,7 @@ class Outcome:
   state: Any
 
 
-class _StopSignals:
+class StopSignals:
   """Turns the first SIGTERM/SIGINT into a flag checked between steps.
 
   The previous handlers come back as soon as one signal arrived (and on exit), so a second
@@ -263,7 +263,7 @@ def _run(parts, options, checkpointer, writer, meta) -> Outcome:
     checkpointer.save(at_step, state, data_iter, metrics=eval_metrics, meta=meta)
     saved_step = at_step
 
-  with _StopSignals() as signals:
+  with StopSignals() as signals:
     while step < end_step:
       try:
         batch = next(data_iter)
