@@ -67,7 +67,8 @@ def get_config(arg=None):
   c.sample = ml_collections.ConfigDict()
   c.sample.temperature = 1.0
   c.sample.top_p = 1.0
-  c.sample.prompt_type = "cot"
+  c.sample.prompt_type = "cot"  # "tir": the model's python runs in the sandbox; its output
+                                # tokens are masked out of the loss (SPEC §3.3)
 
   c.optim = base.optim
   c.optim.lr = lr
@@ -80,6 +81,9 @@ def get_config(arg=None):
   c.scorer.rm_checkpoint = ""
   c.scorer.batch_size = 16
   c.scorer.max_length = common.SEQ_LEN
+  c.sandbox = ml_collections.ConfigDict()
+  c.sandbox.timeout = 5.0
+  c.sandbox.num_workers = 0
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 5        # episodes
   c.checkpoint.keep_last = 2

@@ -609,8 +609,8 @@ def _check_rl_stage(config) -> list[str]:
     if rl.minibatch_rows and rows % rl.minibatch_rows:
       problems.append(f"config.rl.minibatch_rows: {rows} rows per episode (problems_per_episode "
                       f"x group_size) do not split into minibatches of {rl.minibatch_rows}")
-  if config.sample.prompt_type != "cot":
-    problems.append(f"config.sample.prompt_type: the rl stage samples CoT prompts only, got "
+  if config.sample.prompt_type not in ("cot", "tir"):
+    problems.append(f"config.sample.prompt_type: expected 'cot' or 'tir', got "
                     f"{config.sample.prompt_type!r}")
   problems += _check_rm_checkpoint(config)
   return problems
@@ -671,7 +671,7 @@ def run_rl_stage(config, workdir: str) -> dict:
       rollout=rollout.RolloutConfig(
           group_size=rl.group_size, temperature=config.sample.temperature,
           top_p=config.sample.top_p, max_new_tokens=rl.max_new_tokens,
-          alpha=rl.alpha),
+          system=chat.SYSTEM_PROMPTS[config.sample.prompt_type], alpha=rl.alpha),
       seq_len=rl.seq_len, minibatch_rows=rl.minibatch_rows or None, clip_eps=rl.clip_eps,
       kl_beta=rl.kl_beta)
   train_step = grpo.make_grpo_step(model_cfg, optimizer, grpo_cfg, mesh=mesh,
@@ -686,10 +686,11 @@ def run_rl_stage(config, workdir: str) -> dict:
   writer.start(done)
   metrics, episode = {}, done
   try:
-    with loop.StopSignals() as signals:
+    with loop.StopSignals() as signals, _prompt_sampler(
+        config, sampler, tokenizer, config.sample.prompt_type) as policy:
       while episode < rl.episodes and not signals.received:
         state, metrics = grpo.grpo_iteration(
-            state, train_step, sampler, tokenizer,
+            state, train_step, policy, tokenizer,
             _episode_problems(problems, episode, rl.problems_per_episode, config.seed),
             model_cfg, ref_params, grpo_cfg, seed=config.seed + episode, scorer=scorer)
         episode += 1

@@ -50,6 +50,15 @@ def test_rl_stage_runs_episodes_checkpoints_and_resumes(tiny_decoder, tmp_path):
   assert step == 3 and model_cfg.vocab_size == 384
 
 
+def test_tir_rl_runs_the_sandbox_loop(tiny_decoder, tmp_path):
+  config = _config(tiny_decoder, episodes=1)
+  config.sample.prompt_type = "tir"
+  config.sandbox.num_workers = 1
+  result = main.run(config, str(tmp_path))
+  assert result["episodes_run"] == 1 and result["steps"] == 1.0
+  assert result["ratio"] == pytest.approx(1.0, abs=1e-3)
+
+
 def test_rl_episodes_cycle_through_shuffled_problems():
   problems = list(range(5))
   seen = [main._episode_problems(problems, e, 2, seed=0) for e in range(5)]  # pylint: disable=protected-access
@@ -62,7 +71,7 @@ def test_rl_episodes_cycle_through_shuffled_problems():
 def test_rl_config_errors_name_the_field(tiny_decoder, tmp_path):
   config = _config(tiny_decoder, episodes=1)
   config.rl.group_size = 1
-  config.sample.prompt_type = "tir"
+  config.sample.prompt_type = "pot"
   with pytest.raises(config_validation.ConfigError) as err:
     main.run(config, str(tmp_path))
   assert "config.rl.group_size" in str(err.value)

@@ -214,3 +214,18 @@ def test_round_limit_ends_a_sample(sandbox):
   assert sample.text == "Plain block:\n```text\nnot code\n```"
   assert sample.finish_reason == types.FINISH_LENGTH and sample.calls == []
   assert len(model.calls) == 2
+
+
+def test_tir_sampler_carries_the_masks_and_passes_weights_on(sandbox):
+  model = ScriptedModel({PROMPT_A: A1 + A2})
+  updates = []
+  model.update_params = updates.append
+  sampler = tir.TirSampler(model, CharTokenizer(), RecordingExecutor(sandbox))
+  (completion,), = sampler.generate([PROMPT_A])
+  _, ids, mask, logprobs = expected([
+      ("model", A1, 0), ("output", "\n```output\n4\n```\n"), ("model+eos", A2, len(A1))])
+  assert (completion.token_ids, completion.model_mask, completion.logprobs) == (ids, mask,
+                                                                                logprobs)
+  assert 0 in completion.model_mask  # the interpreter output stays out of RL losses
+  sampler.update_params("new weights")
+  assert updates == ["new weights"]

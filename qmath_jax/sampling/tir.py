@@ -223,16 +223,21 @@ def generate_tir(sampler: types.SamplerLike, tokenizer: TokenizerLike, executor:
 
 
 class TirSampler:
-  """The TIR loop behind the plain sampler interface (`types.SamplerLike`), for evaluation.
+  """The TIR loop behind the plain sampler interface (`types.SamplerLike`).
 
   `generate` runs `generate_tir` and returns each TirSample as a Completion whose text is the
-  whole transcript (model text with interpreter outputs spliced in).
+  whole transcript (model text with interpreter outputs spliced in) and whose `model_mask`
+  marks the interpreter output tokens with 0 (SPEC §3.3: masked out of the RL loss).
   """
 
   def __init__(self, sampler: types.SamplerLike, tokenizer: TokenizerLike,
                executor: ExecutorLike, max_calls: int = 4):
     self.sampler, self.tokenizer, self.executor = sampler, tokenizer, executor
     self.max_calls = max_calls
+
+  def update_params(self, params) -> None:
+    """Gives the wrapped sampler new weights (an RL step's), as `Sampler.update_params`."""
+    self.sampler.update_params(params)
 
   def generate(self, prompts: Sequence[str], n: int = 1, *, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 2048,
@@ -241,4 +246,5 @@ class TirSampler:
                            max_calls=self.max_calls, temperature=temperature, top_p=top_p,
                            top_k=top_k, max_new_tokens=max_new_tokens, stop=stop, seed=seed)
     return [[types.Completion(text=s.text, token_ids=s.token_ids, logprobs=s.logprobs,
-                              finish_reason=s.finish_reason) for s in row] for row in samples]
+                              finish_reason=s.finish_reason, model_mask=s.model_mask)
+             for s in row] for row in samples]

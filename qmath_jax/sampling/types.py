@@ -22,12 +22,15 @@ class Completion:
     logprobs: fp32 log-probability of each token in `token_ids` under the sampling model.
     finish_reason: FINISH_STOP or FINISH_LENGTH.
     stop: the stop string or end-of-sequence token text that ended it, else None.
+    model_mask: 1 for each token the model sampled, 0 for tokens it did not (interpreter
+      output spliced in by the TIR loop), so losses can leave them out; None: all sampled.
   """
   text: str
   token_ids: list[int]
   logprobs: list[float]
   finish_reason: str
   stop: str | None = None
+  model_mask: list[int] | None = None
 
 
 class SamplerLike(Protocol):
