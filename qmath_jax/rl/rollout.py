@@ -182,9 +182,7 @@ def build_batch(out: Rollout, seq_len: int, pad_id: int) -> tuple[dict, dict]:
     for c in group_completions:
       ids = list(c.token_ids)
       lengths.append(len(ids))
-      model_mask = getattr(c, "model_mask", None)
-      mask = np.ones(len(ids), np.int32) if model_mask is None else np.asarray(model_mask,
-                                                                               np.int32)
+      mask = np.asarray(c.model_mask if c.model_mask is not None else [1] * len(ids), np.int32)
       if len(c.logprobs) != len(ids) or len(mask) != len(ids):
         raise ValueError(f"row {row}: {len(ids)} token ids, {len(c.logprobs)} log-probs and "
                          f"{len(mask)} mask entries")
