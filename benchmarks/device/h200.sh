@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: correctness on the GPU, then every benchmark case. Writes under $OUT.
+# One device call: attention correctness and sweep, sampler decode, training step. Writes under $OUT.
 # Run from the repository root: bash benchmarks/device/h200.sh
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -11,3 +11,10 @@ timeout "${CHECK_SECONDS:-90}" python3 benchmarks/device/check_gpu.py --out "$OU
   2>&1 | tee "$OUT/check.log"
 timeout "${BENCH_SECONDS:-170}" python3 benchmarks/attention.py --sweep --out "$OUT/attention.json" \
   2>&1 | tee "$OUT/attention.log"
+# Sampler: decode step against the HBM roofline (greedy, top-p, groups of 8), then the
+# training step (MFU). Each has its own time limit so one slow part cannot eat the call.
+timeout "${SAMPLER_SECONDS:-150}" python3 benchmarks/sampler.py --mode device \
+  --out "$OUT/sampler.json" 2>&1 | tee "$OUT/sampler.log"
+timeout "${TRAIN_SECONDS:-120}" python3 benchmarks/train_step.py --case gpu \
+  > "$OUT/train_step.json" 2> "$OUT/train_step.log"
+tail -n 3 "$OUT/train_step.json"
