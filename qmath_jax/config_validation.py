@@ -242,9 +242,11 @@ def validate(config, stages: Collection[str], num_devices: int,
       if sub is None:
         continue
       sub_stage = sub.get("stage") if isinstance(sub, ml_collections.ConfigDict) else None
+      if sub_stage in (stage_checks or {}) and sub_stage != "pipeline":
+        continue  # checked when the pipeline reaches it, once earlier stages' outputs exist
       if sub_stage not in TRAIN_STAGES:
-        c.fail(f"{name}.stage", f"pipeline stages must be one of {TRAIN_STAGES}, got "
-               f"{sub_stage!r}")
+        known = TRAIN_STAGES + tuple(sorted(set(stage_checks or ()) - {"pipeline"}))
+        c.fail(f"{name}.stage", f"pipeline stages must be one of {known}, got {sub_stage!r}")
         continue
       sub_checker = _Checker(sub, f"config.{name}")
       _check_train_stage(sub_checker, num_devices, in_pipeline=True,

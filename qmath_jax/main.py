@@ -368,10 +368,14 @@ register_stage("rm")(run_train_stage)
 def run_pipeline(config, workdir: str) -> dict:
   """Runs `config.stages` in order, each `config.<name>` in `<workdir>/<name>`.
 
+  Train stages are checked with the pipeline; the others (rl, sample, eval) when the pipeline
+  reaches them, after the stages whose outputs they read.
+
   A tokenizer is trained first (once) into `<workdir>/tokenizer.model` when
   `tokenizer.train_vocab_size` > 0 and no path is given, on synthetic documents and rendered
   conversations; every stage then uses it. A stage's `init.checkpoint` naming an earlier
-  stage ("pretrain") means that stage's run directory. With `report.num_problems` > 0, the
+  stage ("pretrain") means that stage's run directory, and so does a `scorer.rm_checkpoint`
+  naming one ("rm"). With `report.num_problems` > 0, the
   greedy accuracy of stage `report.stage` on held-out synthetic problems ends the pipeline
   (`<workdir>/accuracy.json`).
   """
@@ -392,6 +396,14 @@ def run_pipeline(config, workdir: str) -> dict:
     sub.tokenizer.path = tokenizer_path
     if sub.init.checkpoint in config.stages:
       sub.init.checkpoint = os.path.join(workdir, sub.init.checkpoint)
+    if sub.get("scorer") and sub.scorer.rm_checkpoint in config.stages:
+      sub.scorer.rm_checkpoint = os.path.join(workdir, sub.scorer.rm_checkpoint)
+    if sub.stage in STAGE_CHECKS:  # its inputs exist now that the earlier stages ran
+      problems = STAGE_CHECKS[sub.stage](sub)
+      if problems:
+        raise config_validation.ConfigError(
+            "bad config:\n  " + "\n  ".join(p.replace("config.", f"config.{name}.", 1)
+                                            for p in problems))
     logging.info("pipeline: stage %s in %s", name, os.path.join(workdir, name))
     results[name] = STAGES[sub.stage](sub, os.path.join(workdir, name))
     if results[name].get("preempted"):

@@ -1,6 +1,5 @@
 """Bad config values fail before any compute with a message naming the field."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -8,19 +7,12 @@ import sys
 import jax
 import ml_collections
 import pytest
+from conftest import load_config
 
 from qmath_jax import config_validation
 from qmath_jax import main
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "configs",
-                                                                   f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def _run_expecting(config, tmp_path, *messages):
@@ -35,36 +27,41 @@ def _run_expecting(config, tmp_path, *messages):
 
 def test_every_shipped_config_validates():
   for name, arg in (("demo", None), ("demo", "quick=1"), ("pretrain", None),
-                    ("sft", "model=qwen2.5-math-72b"), ("sft_r1", None), ("sft_r2", None)):
-    config = load_config(name, arg)
+                    ("sft", "model=qwen2.5-math-72b"), ("sft_r1", None), ("sft_r2", None),
+                    ("rm", None), ("rl", "model=qwen2.5-math-72b"), ("sample", "task=rm"),
+                    ("eval", "mode=maj8,prompt=tir")):
+    config = load_config(f"{name}.py", arg)
     if config.stage != "pipeline":  # Real rounds need real inputs; give stand-in paths.
-      config.data.source = __file__
       config.tokenizer.path = __file__
-    config_validation.validate(config, main.STAGES, jax.device_count())
+      if "data" in config and "source" in config.data:
+        config.data.source = __file__
+      else:  # sampling stages: params from a directory
+        config.init.params_dir = os.path.dirname(__file__)
+    config_validation.validate(config, main.STAGES, jax.device_count(), main.STAGE_CHECKS)
 
 
 def test_sft_numbers_follow_spec():
   for model, batch, lr in (("qwen2.5-math-1.5b", 128, 2e-5), ("qwen2.5-math-7b", 128, 2e-5),
                            ("qwen2.5-math-72b", 256, 5e-6)):
-    config = load_config("sft", f"model={model}")
+    config = load_config("sft.py", f"model={model}")
     assert (config.data.batch_size, config.optim.lr, config.optim.end_lr) == (batch, lr, 7e-7)
     assert (config.data.num_epochs, config.data.seq_len, config.model.preset) == (3, 4096, model)
-  assert load_config("sft_r2", "model=qwen2.5-math-1.5b").round == 2
+  assert load_config("sft_r2.py", "model=qwen2.5-math-1.5b").round == 2
   with pytest.raises(ValueError, match="model='tiny'"):
-    load_config("sft", "model=tiny")
+    load_config("sft.py", "model=tiny")
   with pytest.raises(ValueError, match="rounds"):
-    load_config("sft", "rounds=2")
+    load_config("sft.py", "rounds=2")
 
 
 def test_unknown_stage(tmp_path):
-  config = load_config("demo", "quick=1")
+  config = load_config("demo.py", "quick=1")
   config.stage = "distill"
   _run_expecting(config, tmp_path, "config.stage: unknown stage 'distill'", "pipeline",
                  "pretrain", "sft")
 
 
 def test_missing_init_checkpoint_and_wrong_types(tmp_path):
-  config = ml_collections.ConfigDict(load_config("demo", "quick=1").sft.to_dict())
+  config = ml_collections.ConfigDict(load_config("demo.py", "quick=1").sft.to_dict())
   config.data.source = "synthetic"
   config.tokenizer.train_vocab_size = 300
   config.init.checkpoint = str(tmp_path / "no_such_run")
@@ -81,7 +78,7 @@ def test_missing_init_checkpoint_and_wrong_types(tmp_path):
 
 
 def test_pipeline_stage_errors_name_the_sub_config(tmp_path):
-  config = load_config("demo", "quick=1")
+  config = load_config("demo.py", "quick=1")
   config.sft.data.batch_size = 12  # not divisible over 8 data shards
   config.sft.init.checkpoint = "pretrain"  # an earlier stage: fine
   _run_expecting(config, tmp_path, "config.sft.data.batch_size: 12 rows do not split")

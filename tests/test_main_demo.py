@@ -1,9 +1,12 @@
-"""`python -m qmath_jax.main --config=configs/demo.py` end to end, shortened (`quick=1`)."""
+"""`python -m qmath_jax.main --config=configs/demo.py` end to end, shortened (`quick=1`):
+tokenizer, pretrain, SFT, reward model, GRPO and the final greedy accuracy."""
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from qmath_jax.train import checkpoint as checkpoint_lib
 from qmath_jax.train import loop
@@ -12,7 +15,7 @@ from qmath_jax.train import metrics_writer
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_quick_demo_trains_tokenizer_pretrains_and_sfts(tmp_path):
+def test_quick_demo_runs_every_stage(tmp_path):
   workdir = tmp_path / "demo"
   env = dict(os.environ, PYTHONPATH=REPO_ROOT)
   proc = subprocess.run(
@@ -37,7 +40,17 @@ def test_quick_demo_trains_tokenizer_pretrains_and_sfts(tmp_path):
   # the uniform-guess loss log(384) = 5.95 that a fresh model starts near.
   assert sft_rows[0]["loss"] < 5.0
   assert "step 12/12 | loss" in proc.stderr  # the per-logging-step line
+  # The reward model trains from the SFT model; GRPO runs from the SFT model with its reward.
+  rm_rows = [r for r in metrics_writer.read_metrics(workdir / "rm") if "loss" in r]
+  assert [r["step"] for r in rm_rows] == [2, 4]
+  rl_rows = metrics_writer.read_metrics(workdir / "rl")
+  assert [r["step"] for r in rl_rows] == [1, 2]
+  for row in rl_rows:
+    assert -1.0 < row["reward"] < 1.0 and row["ratio"] == pytest.approx(1.0, abs=1e-4)
+  checkpointer = checkpoint_lib.Checkpointer(workdir / "rl" / loop.CHECKPOINT_DIR)
+  assert checkpointer.read_meta()["stage"] == "rl"
+  checkpointer.close()
   accuracy = json.loads((workdir / "accuracy.json").read_text())
-  assert accuracy["total"] == 8 and accuracy["step"] == 12
+  assert accuracy["total"] == 8 and accuracy["step"] == 2  # the RL model's last episode
   assert accuracy["correct"] == sum(e["correct"] for e in accuracy["examples"])
   assert all(e["id"].startswith("synthetic/test/") for e in accuracy["examples"])

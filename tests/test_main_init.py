@@ -1,12 +1,11 @@
 """A stage starts from a Hugging Face checkpoint: its shapes and its weights, not the preset's."""
 
-import importlib.util
-import os
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
+from conftest import load_config
 
 from qmath_jax import hf
 from qmath_jax import main
@@ -17,15 +16,8 @@ from qmath_jax.model import transformer
 from qmath_jax.train import checkpoint as checkpoint_lib
 from qmath_jax.train import loop
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _demo_sft_config():
-  spec = importlib.util.spec_from_file_location(
-      "demo_config", os.path.join(REPO_ROOT, "configs", "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return ml_collections.ConfigDict(module.get_config("quick=1").sft.to_dict())
+  return ml_collections.ConfigDict(load_config("demo.py", "quick=1").sft.to_dict())
 
 
 @pytest.mark.slow

@@ -5,26 +5,19 @@ Uses the real stage (sentencepiece tokenizer, packed grain pipeline, sharded ste
 tested in test_loop_resume.py).
 """
 
-import importlib.util
 import os
 import shutil
 
 import ml_collections
 import pytest
+from conftest import load_config
 
 from qmath_jax import main
 from qmath_jax.train import loop
 from qmath_jax.train import metrics_writer
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _pretrain_config(tokenizer_dir):
-  spec = importlib.util.spec_from_file_location(
-      "demo_config", os.path.join(REPO_ROOT, "configs", "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = ml_collections.ConfigDict(module.get_config("quick=1").pretrain.to_dict())
+  config = ml_collections.ConfigDict(load_config("demo.py", "quick=1").pretrain.to_dict())
   config.tokenizer.train_vocab_size = 0
   config.tokenizer.path = str(tokenizer_dir / "tokenizer.model")
   config.train.log_every = 1
