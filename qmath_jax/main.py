@@ -689,7 +689,7 @@ def run_rl_stage(config, workdir: str) -> dict:
   train_step = grpo.make_grpo_step(model_cfg, optimizer, grpo_cfg, mesh=mesh,
                                    state_shardings=shardings, learning_rate_fn=schedule)
   scorer = _rm_scorer(config.scorer.rm_checkpoint, tokenizer, config.scorer.batch_size,
-                      rl.seq_len) if config.scorer.rm_checkpoint else None
+                      config.scorer.max_length) if config.scorer.rm_checkpoint else None
   problems = _problems(config)
   sampler = sampler_lib.Sampler(model_cfg, ref_params, tokenizer, mesh=mesh)
   meta = {"stage": "rl", MODEL_META: dataclasses.asdict(model_cfg),
