@@ -93,12 +93,12 @@ def get_config(arg=None):
   c.rm.init.checkpoint = "sft"
   c.rm.data.list_size = 6
   c.rm.data.seq_len = 512
-  c.rm.data.batch_size = 8 if quick else 4   # lists of 6 responses
+  c.rm.data.batch_size = 8                   # lists of 6 responses
   c.rm.data.num_examples = 64 if quick else 400
   c.rm.optim.lr = 3e-3
   c.rm.optim.end_lr = 3e-4
   c.rm.optim.warmup_steps = 2 if quick else 5
-  c.rm.train.total_steps = 4 if quick else 20
+  c.rm.train.total_steps = 4 if quick else 10
   c.rm.train.eval_every = 0
   c.rm.checkpoint.best_metric = ""
 
