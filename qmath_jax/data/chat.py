@@ -5,6 +5,14 @@
 
 A message is a dict ``{"role": "system" | "user" | "assistant", "content": str}``. The CoT and
 TIR system prompts (SPEC) are the ones training data and evaluation prompts both use.
+
+A tool-integrated (TIR) assistant text is the model's text with each interpreter result spliced
+in after the python block that produced it (``sampling.tir.output_piece``):
+
+    ...```python\n{code}\n```  +  [\n]```output\n{result}\n```\n  +  {model text}...
+    `------- model --------'     `---------- spliced -----------'     `--- model ---'
+
+``tool_output_spans`` finds the spliced parts; ``encode`` keeps them out of the loss mask.
 """
 
 from collections.abc import Sequence
@@ -13,6 +21,9 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 ENDOFTEXT = "<|endoftext|>"
 ROLES = ("system", "user", "assistant")
+FENCE = "```"
+TOOL_CODE_LANGUAGE = "python"
+TOOL_OUTPUT_OPEN = FENCE + "output\n"
 
 COT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 TIR_SYSTEM = ("Please integrate natural language reasoning with programs to solve the problem "
@@ -51,14 +62,54 @@ def assistant_spans(messages: Sequence[dict]) -> list[tuple[int, int]]:
   return spans
 
 
-def encode(tokenizer, messages: Sequence[dict],
-           add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+def tool_output_spans(content: str) -> list[tuple[int, int]]:
+  """[start, end) character spans of the interpreter output blocks spliced into ``content``.
+
+  Fences pair up in order, as the TIR loop pairs them (``sampling.tir.closed_python_block``).
+  A block is spliced output when it opens with "```output\\n" and follows a ```python block
+  with only whitespace between the two. Its span is what ``sampling.tir.output_piece`` appends:
+    - the newline just before "```output": the loop adds it when the model's text stops right
+      at the python block's closing fence. When the model's fence token itself carried that
+      newline ("```\\n"), the text alone cannot tell, and the newline counts as spliced all
+      the same; that token starts at the fence, so its loss mask stays 1 wherever the
+      tokenizer keeps "```\\n" as one token.
+    - "```output\\n", the result, the closing fence and the newline after it (when present).
+  An output block whose closing fence is missing is spliced up to the end of ``content``.
+  Everything else is model text: the python block and both its fences, and the text after the
+  output block.
+  """
+  fences, at = [], content.find(FENCE)
+  while at >= 0:
+    fences.append(at)
+    at = content.find(FENCE, at + len(FENCE))
+  spans = []
+  for k in range(0, len(fences) - 2, 2):
+    code_open, code_close, output_open = fences[k], fences[k + 1], fences[k + 2]
+    header, newline, _ = content[code_open + len(FENCE):code_close].partition("\n")
+    gap = content[code_close + len(FENCE):output_open]
+    if (header.strip() != TOOL_CODE_LANGUAGE or not newline or (gap and not gap.isspace())
+        or not content.startswith(TOOL_OUTPUT_OPEN, output_open)):
+      continue
+    start = output_open - 1 if gap.endswith("\n") else output_open
+    if k + 3 < len(fences):
+      end = fences[k + 3] + len(FENCE)
+      end += content.startswith("\n", end)
+    else:
+      end = len(content)
+    spans.append((start, end))
+  return spans
+
+
+def encode(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False,
+           mask_tool_outputs: bool = True) -> tuple[list[int], list[int]]:
   """Token ids of ``render(messages, add_generation_prompt)`` and a 0/1 loss mask per id.
 
   The ids are the tokenizer's encoding of the whole rendered text (exactly what Qwen's template
   gives). The mask is 1 on tokens that start inside an assistant turn's content or its
   ``<|im_end|>`` (see ``assistant_spans``) and 0 elsewhere: system, user, headers, newlines.
-  ``tokenizer`` is a ``qmath_jax.data.tokenizer.Tokenizer``.
+  With ``mask_tool_outputs`` it is also 0 on tokens that start inside an interpreter output
+  block of an assistant turn (``tool_output_spans``): the model learns to write its code, not
+  to predict the sandbox's results. ``tokenizer`` is a ``qmath_jax.data.tokenizer.Tokenizer``.
   """
   for i, m in enumerate(messages):
     if "role" not in m or "content" not in m:
@@ -67,5 +118,11 @@ def encode(tokenizer, messages: Sequence[dict],
       raise ValueError(f"message {i} content is {type(m['content']).__name__}, not str")
   ids, offsets = tokenizer.encode_with_offsets(render(messages, add_generation_prompt))
   spans = assistant_spans(messages)
-  mask = [int(any(s <= begin < e for s, e in spans)) for begin, _ in offsets]
+  outputs = []
+  if mask_tool_outputs:
+    contents = [m["content"] for m in messages if m["role"] == "assistant"]
+    outputs = [(start + s, start + e) for (start, _), content in zip(spans, contents)
+               for s, e in tool_output_spans(content)]
+  mask = [int(any(s <= begin < e for s, e in spans)
+              and not any(s <= begin < e for s, e in outputs)) for begin, _ in offsets]
   return ids, mask
