@@ -8,7 +8,10 @@ Two modes; each prints one JSON object per measurement and writes all of them to
       `qmath_jax.hf.load_hf`; greedy decoding of the same prompts (no end-of-sequence stop, every
       row runs `--new` tokens) by `Sampler.generate_ids` and by `Qwen2ForCausalLM.generate`;
       new tokens per second of each (best of `--repeats` timed runs after one warm-up run), and
-      the fraction of generated tokens on which the two agree.
+      the fraction of generated tokens on which the two agree. With `--n` > 1 each of the
+      `--batch` prompts gets n rows, as in GRPO and RM@N: the sampler prefills a prompt once for
+      its n rows; transformers gets every prompt repeated n times (what `generate` does itself
+      for `num_return_sequences`), and both decode the same rows.
 
   python benchmarks/sampler.py --mode device [--preset qwen2.5-math-1.5b] [--out device.json]
       Random bf16 parameters of the preset; `--batch` prompts of `--prompt` random tokens, `--new`
@@ -90,7 +93,8 @@ def run_transformers(args):
       tie_word_embeddings=False, rope_theta=10000.0)
   model = transformers.Qwen2ForCausalLM(config).eval().to(torch.float32)
   model.save_pretrained(args.ckpt, safe_serialization=True)
-  input_ids = torch.tensor(_random_prompts(args.batch, args.prompt, args.vocab))
+  prompts = _random_prompts(args.batch, args.prompt, args.vocab)
+  input_ids = torch.tensor([p for p in prompts for _ in range(args.n)])
   generation = transformers.GenerationConfig(
       max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, eos_token_id=None,
       pad_token_id=0)
@@ -111,19 +115,23 @@ def run_cpu(args, records):
   from qmath_jax.hf import load_hf  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
     child = [sys.executable, __file__, "--mode", "transformers", "--ckpt", tmp]
-    for flag in ("batch", "prompt", "new", "hidden", "layers", "vocab", "repeats",
+    for flag in ("batch", "n", "prompt", "new", "hidden", "layers", "vocab", "repeats",
                  "torch_threads"):
       child += [f"--{flag}", str(getattr(args, flag))]
     done = subprocess.run(child, check=True, capture_output=True, text=True)
     theirs = json.loads(done.stdout.strip().splitlines()[-1])
     cfg, params = load_hf(pathlib.Path(tmp))
   prompts = _random_prompts(args.batch, args.prompt, args.vocab)
-  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), max_rows=args.batch)
+  rows = args.batch * args.n
+  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), max_rows=rows)
   tokens, first, best = _timed(
-      lambda: [c[0].token_ids for c in sampler.generate_ids(prompts, max_new_tokens=args.new)],
+      lambda: [c.token_ids for group in sampler.generate_ids(prompts, n=args.n,
+                                                             max_new_tokens=args.new)
+               for c in group],
       args.repeats)
-  new_tokens = args.batch * args.new
-  result = {"mode": "cpu", "batch": args.batch, "prompt": args.prompt, "new": args.new,
+  new_tokens = rows * args.new
+  result = {"mode": "cpu", "batch": args.batch, "n": args.n, "prompt": args.prompt,
+            "new": args.new,
             "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
             "params": cfg.num_params, "cpus": os.cpu_count(),
             "torch_threads": theirs["torch_threads"], "transformers": theirs["transformers"],
@@ -189,6 +197,7 @@ def main(argv=None):
   parser.add_argument("--batch", type=int)
   parser.add_argument("--prompt", type=int)
   parser.add_argument("--new", type=int)
+  parser.add_argument("--n", type=int, default=1, help="cpu mode: rows per prompt")
   parser.add_argument("--settings", type=int, default=4, help="device mode: how many settings")
   parser.add_argument("--hbm_tbps", type=float, default=4.3)
   parser.add_argument("--hidden", type=int, default=256)

@@ -91,6 +91,27 @@ def test_sampled_logprobs_equal_full_forward(model, full_logits):
   assert len({tuple(c.token_ids) for c in out[1]}) > 1  # a group's samples differ
 
 
+def test_growing_own_cache_matches_full_forward_and_one_capacity(model, full_logits):
+  """A cache of 4 slots grows to 8, then 16 (the bucket of 12): same tokens, same log-probs."""
+  cfg, params, tokenizer = model
+  growing = Sampler(cfg, params, tokenizer, initial_cache_len=4)
+  greedy = growing.generate(PROMPTS, max_new_tokens=NEW)
+  assert (growing.last_stats["cache_grows"], growing.last_stats["cache_len"]) == (2, 16)
+  prompt_ids = [tokenizer.encode(p) for p in PROMPTS]
+  got = [c[0].token_ids for c in greedy]
+  assert got == _greedy_reference(full_logits, prompt_ids, NEW)
+  for lp, ref in zip([c[0].logprobs for c in greedy],
+                     _teacher_forced_logprobs(full_logits, prompt_ids, got)):
+    np.testing.assert_allclose(lp, ref, rtol=0, atol=1e-5)
+  knobs = dict(n=4, temperature=1.3, top_k=50, top_p=0.95, max_new_tokens=NEW, seed=3)
+  sampled = growing.generate(PROMPTS, **knobs)
+  whole = Sampler(cfg, params, tokenizer).generate(PROMPTS, **knobs)
+  assert [[c.token_ids for c in g] for g in sampled] == [[c.token_ids for c in g] for g in whole]
+  for group, whole_group in zip(sampled, whole):
+    for c, w in zip(group, whole_group):
+      np.testing.assert_allclose(c.logprobs, w.logprobs, rtol=0, atol=1e-5)
+
+
 def test_group_of_greedy_samples_matches_single(model):
   cfg, params, tokenizer = model
   sampler = Sampler(cfg, params, tokenizer)

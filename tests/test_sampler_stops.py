@@ -92,11 +92,13 @@ def _spanning_stop(table, ids):
   raise AssertionError("no boundary-spanning stop string found")
 
 
-@pytest.mark.parametrize("interval", [32, 4], ids=["one_chunk", "chunks_of_4"])
-def test_stop_string_spanning_tokens_stops_there(model, free_run, interval):
+@pytest.mark.parametrize("interval,cache", [(32, 64), (4, 64), (4, 2)],
+                         ids=["one_chunk", "chunks_of_4", "chunks_of_4_growing_cache"])
+def test_stop_string_spanning_tokens_stops_there(model, free_run, interval, cache):
   cfg, params, table = model
   stop, tokens = _spanning_stop(table, free_run[1].token_ids)
-  sampler = Sampler(cfg, params, TableTokenizer(table, eos_ids=()), stop_check_interval=interval)
+  sampler = Sampler(cfg, params, TableTokenizer(table, eos_ids=()), stop_check_interval=interval,
+                    initial_cache_len=cache)
   out = sampler.generate(PROMPTS, max_new_tokens=NEW, stop=[stop, "no such text"])
   got = out[1][0]
   assert got.finish_reason == "stop" and got.stop == stop

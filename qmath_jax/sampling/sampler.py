@@ -8,8 +8,8 @@
 How a call runs:
 - Prompts are tokenized, sorted by length and cut into batches of at most `max_rows` rows
   (rows = prompts x n). Each batch is left-padded to a length bucket; groups (powers of two),
-  prompt length and own-cache length (16, 24, 32, 48, 64, ...: powers of two and their halfway
-  points) are bucketed. The jitted prefill and decode are module-level functions keyed on
+  prompt length and the most new tokens (16, 24, 32, 48, 64, ...: powers of two and their
+  halfway points) are bucketed. The jitted prefill and decode are module-level functions keyed on
   (model config, mesh, sampling mode, bucket shapes), so calls of similar sizes, and every
   Sampler of the same config (a new one after each RL update, say), reuse compiled code.
   Temperature, k and p are traced values; only which filters run (greedy, top-k, top-p) is
@@ -18,7 +18,11 @@ How a call runs:
   prompt logits. The group's rows then decode against [prompt cache ; own cache]
   (`qmath_jax.sampling.forward`).
 - Decode runs on device as a while loop that stops when every row has sampled an
-  end-of-sequence id or reached `max_new_tokens`. With stop strings it returns every
+  end-of-sequence id or reached `max_new_tokens`. The own cache grows with the completions: it
+  starts with `initial_cache_len` slots and doubles (up to the bucket of `max_new_tokens`)
+  whenever the loop fills it, so each step's attention reads at most twice the slots in use,
+  and a batch whose rows all stop early never allocates or reads the cache `max_new_tokens`
+  would need. Each capacity is one compiled decode loop, reused by every later call. With stop strings it returns every
   `stop_check_interval` steps: the host decodes each unfinished row's new text, marks rows whose
   text holds a stop string as done (it cuts them at the token that completed the string, also
   when the string spans tokens), and resumes the loop with the same donated cache.
@@ -106,10 +110,10 @@ def _sample(mode: Mode, logits, keys, knobs):
                         use_top_k=mode.use_top_k, use_top_p=mode.use_top_p)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "mesh", "mode", "n", "own_len"))
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh", "mode", "n", "capacity"))
 def _start(weights_, tokens, positions, segment_ids, prompt_lens, row_ids, active, seed_key,
-           knobs, eos_ids, *, cfg, mesh, mode, n, own_len):
-  """Prefill, the first token of each row, an empty own cache.
+           knobs, eos_ids, *, cfg, mesh, mode, n, capacity):
+  """Prefill, the first token of each row, an empty own cache of `capacity` slots.
 
   Returns:
     (decode state, first tokens `[rows]`, their log-probs `[rows]`).
@@ -123,7 +127,7 @@ def _start(weights_, tokens, positions, segment_ids, prompt_lens, row_ids, activ
   rows_logits = _batch_sharded(mesh, jnp.repeat(logits, n, axis=0))
   token, logprob = _sample(mode, rows_logits, step_keys, knobs)
   rows = token.shape[0]
-  shape = (rows, cfg.num_kv_heads, own_len, cfg.head_dim)
+  shape = (rows, cfg.num_kv_heads, capacity, cfg.head_dim)
   own_cache = [{"k": _cache_sharded(cfg, mesh, jnp.zeros(shape, cfg.compute_dtype)),
                 "v": _cache_sharded(cfg, mesh, jnp.zeros(shape, cfg.compute_dtype))}
                for _ in range(cfg.num_layers)]
@@ -140,9 +144,22 @@ def _start(weights_, tokens, positions, segment_ids, prompt_lens, row_ids, activ
   return state, token, logprob
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh", "capacity"))
+def _grow(own_cache, *, cfg, mesh, capacity):
+  """The own cache `[rows, kv_heads, slots, head_dim]` per layer, padded to `capacity` slots."""
+  TRACES["grow"] += 1
+
+  def pad(x):
+    extra = capacity - x.shape[2]
+    return _cache_sharded(cfg, mesh, jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0))))
+
+  return jax.tree.map(pad, own_cache)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "mode", "chunk"), donate_argnames=("state",))
 def _decode(weights_, state, stopped, limit, knobs, eos_ids, *, cfg, mode, chunk):
-  """Up to `chunk` decode steps: fewer when every row is done or `limit` tokens exist.
+  """Up to `chunk` decode steps: fewer when every row is done, `limit` tokens exist or the own
+  cache is full (token `num` is written at slot `num - 1`).
 
   Returns:
     (state, tokens `[rows, chunk]`, log-probs `[rows, chunk]`, steps taken, done `[rows]`).
@@ -150,7 +167,8 @@ def _decode(weights_, state, stopped, limit, knobs, eos_ids, *, cfg, mode, chunk
   TRACES["decode"] += 1
   rows = state["token"].shape[0]
   first = state["num"]
-  end = jnp.minimum(limit, first + chunk)
+  capacity = state["own_cache"][0]["k"].shape[2]
+  end = jnp.minimum(jnp.minimum(limit, first + chunk), capacity + 1)
 
   def cond(carry):
     return (carry["num"] < end) & ~jnp.all(carry["done"])
@@ -199,7 +217,8 @@ class Sampler:
   """Generates completions for prompt strings (or token ids) with a Qwen2.5 model."""
 
   def __init__(self, model_config: ModelConfig, params, tokenizer, mesh=None, *,
-               max_rows: int = 256, stop_check_interval: int = 32):
+               max_rows: int = 256, stop_check_interval: int = 32,
+               initial_cache_len: int = 64):
     """Prepares decode weights and compiles lazily.
 
     Args:
@@ -210,16 +229,19 @@ class Sampler:
         heads over 'tensor'.
       max_rows: most rows (prompts x n) decoded together; larger calls run in batches.
       stop_check_interval: decode steps between host checks for stop strings.
+      initial_cache_len: own-cache slots per row at the start of a batch; the cache doubles
+        whenever decoding fills it.
     """
-    if max_rows < 1 or stop_check_interval < 1:
-      raise ValueError(f"max_rows={max_rows} and stop_check_interval={stop_check_interval} "
-                       "must be >= 1")
+    if min(max_rows, stop_check_interval, initial_cache_len) < 1:
+      raise ValueError(f"max_rows={max_rows}, stop_check_interval={stop_check_interval} and "
+                       f"initial_cache_len={initial_cache_len} must be >= 1")
     weights.check_params(model_config, params)
     self.cfg = model_config
     self.tokenizer = tokenizer
     self.mesh = mesh
     self.max_rows = max_rows
     self.stop_check_interval = stop_check_interval
+    self.initial_cache_len = initial_cache_len
     self.eos_ids = tuple(int(t) for t in tokenizer.eos_ids)
     if len(self.eos_ids) > MAX_EOS_IDS:
       raise ValueError(f"tokenizer has {len(self.eos_ids)} end-of-sequence ids; at most "
@@ -268,7 +290,7 @@ class Sampler:
     per_batch = _floor_pow2(max(1, self.max_rows // n))
     results: list[list[Completion] | None] = [None] * len(prompt_ids)
     self.last_stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0, "rows": 0,
-                       "batches": 0}
+                       "batches": 0, "cache_grows": 0, "cache_len": 0}
     for start in range(0, len(order), per_batch):
       indices = order[start:start + per_batch]
       batch = self._generate_batch(
@@ -316,7 +338,8 @@ class Sampler:
     groups = groups if groups == count else groups * 2
     groups = -(-groups // self._shards) * self._shards
     length = bucket(max(len(p) for p in prompts))
-    own_len = bucket(max_new_tokens)
+    own_len = bucket(max_new_tokens)  # the own cache's largest capacity
+    capacity = min(self.initial_cache_len, own_len)
     rows = groups * n
 
     tokens = np.full((groups, length), self.pad_id, np.int32)
@@ -344,7 +367,7 @@ class Sampler:
         self._weights, self._put(tokens, True), self._put(positions, True),
         self._put(segment_ids, True), self._put(prompt_lens, True), self._put(row_ids, True),
         self._put(active, True), jax.random.key(seed), knobs, eos_ids, cfg=self.cfg,
-        mesh=self.mesh, mode=mode, n=n, own_len=own_len)
+        mesh=self.mesh, mode=mode, n=n, capacity=capacity)
     ids = [[t] for t in np.asarray(token).tolist()]
     logprobs = [[x] for x in np.asarray(logprob, np.float32).tolist()]
     done = ~active | np.isin(np.asarray(token), self.eos_ids)
@@ -361,10 +384,15 @@ class Sampler:
 
     if stop:
       check_stops()
-    chunk = min(self.stop_check_interval, own_len) if stop else own_len
     num = 1
     clock = time.perf_counter()
     while num < max_new_tokens and not np.all(done | stopped):
+      if num > capacity:  # the next token goes to slot num - 1 >= capacity
+        capacity = min(2 * capacity, own_len)
+        self.last_stats["cache_grows"] += 1
+        state["own_cache"] = _grow(state["own_cache"], cfg=self.cfg, mesh=self.mesh,
+                                   capacity=capacity)
+      chunk = min(self.stop_check_interval, capacity) if stop else capacity
       state, new_tokens, new_logprobs, steps, done_now = _decode(
           self._weights, state, self._put(stopped, True), jnp.int32(max_new_tokens), knobs,
           eos_ids, cfg=self.cfg, mode=mode, chunk=chunk)
@@ -386,6 +414,7 @@ class Sampler:
     self.last_stats["decode_steps"] += num - 1
     self.last_stats["rows"] += rows
     self.last_stats["batches"] += 1
+    self.last_stats["cache_len"] = max(self.last_stats["cache_len"], capacity)
     out = []
     for g in range(count):
       out.append([stops.completion(decode_text, ids[r], logprobs[r], self.eos_ids, stop,
