@@ -66,6 +66,8 @@ def base_config(stage: str, model: str) -> ml_collections.ConfigDict:
   c.data.batch_size = 128     # global rows per step (packed)
   c.data.num_epochs = 1       # passes over the data; the run also ends at train.total_steps
   c.data.num_packing_bins = 0  # 0: the per-host batch size
+  # sft: no loss on the "```output" blocks the interpreter spliced into TIR replies.
+  c.data.mask_tool_outputs = True
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-5

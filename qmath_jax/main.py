@@ -172,7 +172,7 @@ def _pipeline(config, tokenizer, source, num_examples, *, split, per_host_batch,
     return pipelines.rm_pipeline(_rm_lists(config, source, num_examples, split), tokenizer, cfg,
                                  list_size=config.data.list_size)
   return pipelines.sft_pipeline(_conversations(source, num_examples, config.seed, split),
-                                tokenizer, cfg)
+                                tokenizer, cfg, mask_tool_outputs=config.data.mask_tool_outputs)
 
 
 # ----------------------------------------------------------------------------- model and init

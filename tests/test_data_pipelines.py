@@ -76,6 +76,53 @@ def test_sft_loss_mask_is_exactly_the_assistant_reply(tok, conversations):
   assert seen >= 40  # drop_remainder may leave out the last partial batch only
 
 
+def _tir_pieces(problem):
+  """A two-round TIR reply to a synthetic problem as (text, 1 = model-written / 0 = spliced)."""
+  code = problem.meta["tir_solution"].split("```python\n")[1].split("\n```")[0]
+  answer = problem.answer
+  return [(f"Let me compute it.\n```python\n{code}\n```", 1),
+          (f"\n```output\n{answer}\n```\n", 0),
+          (f"Check it once more.\n```python\nprint({answer} * 2 // 2)\n```", 1),
+          (f"\n```output\n{answer}\n```\n", 0),
+          (f"Both agree. The answer is $\\boxed{{{answer}}}$.", 1)]
+
+
+@pytest.mark.parametrize("mask_tool_outputs", [True, False])
+def test_sft_rows_of_tir_replies_leave_out_the_interpreter_output(tok, mask_tool_outputs):
+  by_text = {}   # rendered conversation -> (messages, reply pieces)
+  for problem in synthetic.generate(20, seed=7):
+    reply = _tir_pieces(problem)
+    messages = pipelines.prompt_messages(problem, chat.TIR_SYSTEM) + [
+        {"role": "assistant", "content": "".join(text for text, _ in reply)}]
+    by_text[chat.render(messages)] = (messages, reply)
+  conversations = [{"id": str(i), "messages": m} for i, (m, _) in enumerate(by_text.values())]
+  pipeline = pipelines.sft_pipeline(conversations, tok, _cfg(seq_len=512),
+                                    mask_tool_outputs=mask_tool_outputs)
+  seen = 0
+  for batch in pipeline.dataset:
+    for row, _, sl in _segments(batch):
+      tokens, mask = batch["tokens"][row, sl], batch["loss_mask"][row, sl]
+      messages, reply = by_text[tok.decode(tokens)]
+      trained = tok.decode(tokens[mask == 1])
+      if mask_tool_outputs:
+        # This tokenizer writes "```\n" as one token. It starts at the model's closing fence,
+        # so the newline the loop put before "```output" comes with it: masks go by a token's
+        # first character, and the fence is the model's.
+        assert len(tok.encode("```\n")) == 1
+        assert trained == "".join(text + "\n" if text.endswith("```") else text
+                                  for text, model_written in reply if model_written) + chat.IM_END
+        first = int(np.argmax(mask))
+        untrained = tok.decode(tokens[first:][mask[first:] == 0])
+        assert untrained == "".join(text[1:] for text, model_written in reply
+                                    if not model_written) + "\n"   # the one after <|im_end|>
+      else:
+        assert trained == messages[-1]["content"] + chat.IM_END
+      expected = chat.encode(tok, messages, mask_tool_outputs=mask_tool_outputs)[1]
+      assert np.array_equal(mask, expected)   # position 0 is <|im_start|>, 0 either way
+      seen += 1
+  assert pipeline.bad_rows.total == 0 and seen >= 16  # drop_remainder: the last partial batch
+
+
 def test_same_seed_same_batches_other_seed_other_order(tok, conversations):
   first = list(pipelines.sft_pipeline(conversations, tok, _cfg(seed=4)).dataset)
   again = list(pipelines.sft_pipeline(conversations, tok, _cfg(seed=4)).dataset)

@@ -120,7 +120,7 @@ def test_uniform_vote_matches_majority_index(preds):
   assert voted == preds[index] or (voted == "" and not any(preds))
 
 
-def test_tir_keeps_distinct_matching_transcripts_in_sample_order():
+def test_tir_keeps_distinct_matching_transcripts_in_sample_order(tmp_path):
   transcripts = [
       "Compute.\n```python\nprint(3 + 4)\n```\n```output\n7\n```\nSo \\boxed{7}.",
       "Compute.\n```python\nprint(3 * 4)\n```\n```output\n12\n```\nSo \\boxed{12}.",
@@ -135,6 +135,12 @@ def test_tir_keeps_distinct_matching_transcripts_in_sample_order():
   rows = rejection.sft_rows(g, kept)
   assert rows[0]["messages"][0] == {"role": "system", "content": chat.TIR_SYSTEM}
   assert rows[1]["messages"][2]["content"] == transcripts[3]
+  # SFT on the kept transcript trains on the model's text and code, not the interpreter output.
+  byte_tokenizer = tokenizer_lib.train_byte_level_bpe(["abc"], 256 + 3,
+                                                      tmp_path / "tokenizer.json")
+  ids, mask = chat.encode(byte_tokenizer, rows[0]["messages"])
+  assert byte_tokenizer.decode([i for i, m in zip(ids, mask) if m]) == (
+      "Compute.\n```python\nprint(3 + 4)\n```So \\boxed{7}.<|im_end|>")
   # Synthetic problems without gold: the plain majority answer ("7", 3 votes to 1).
   g = graded_lib.sample_and_grade(ScriptedSampler({"Q0?": transcripts}), [_problem(0, "")],
                                   cfg)[0]

@@ -14,7 +14,7 @@ Batch dicts (``B`` = ``PipelineConfig.batch_size``, the per-host batch; ``L`` = 
   the first token of every segment and on padding, so a masked term never crosses a segment
   boundary: loss = sum_t loss_mask[:, t] * -log p(tokens[:, t] | logits[:, t - 1]), t >= 1.
   Pretraining masks every other token in (1); SFT masks only assistant content and its
-  ``<|im_end|>`` (``chat.encode``).
+  ``<|im_end|>``, less the interpreter output blocks of TIR transcripts (``chat.encode``).
 
   rm_pipeline (one query's fixed-size list of responses per example; no packing):
     tokens       int32 [B, K, L]  chat-formatted [system, user, assistant] conversations
@@ -188,12 +188,18 @@ def pretrain_pipeline(texts: Sequence[str], tokenizer, cfg: PipelineConfig, *,
   return Pipeline(_pack_and_batch(ds, cfg, tokenizer.pad_id), bad_rows)
 
 
-def sft_pipeline(conversations: Sequence[dict], tokenizer, cfg: PipelineConfig) -> Pipeline:
-  """Conversations ``{"id": str, "messages": [...]}`` -> packed rows, assistant-only loss."""
+def sft_pipeline(conversations: Sequence[dict], tokenizer, cfg: PipelineConfig, *,
+                 mask_tool_outputs: bool = True) -> Pipeline:
+  """Conversations ``{"id": str, "messages": [...]}`` -> packed rows, assistant-only loss.
+
+  With ``mask_tool_outputs`` (default) the interpreter output blocks spliced into TIR replies
+  are not prediction targets (``chat.tool_output_spans``); off, the whole reply is.
+  """
   bad_rows = records.BadRows(strict=cfg.strict)
 
   def tokenize(example):
-    tokens, mask = chat.encode(tokenizer, example["messages"])
+    tokens, mask = chat.encode(tokenizer, example["messages"],
+                               mask_tool_outputs=mask_tool_outputs)
     if len(tokens) > cfg.seq_len:
       bad_rows.add("longer than seq_len", f"example {example.get('id')!r}",
                    f"{len(tokens)} tokens > {cfg.seq_len}")

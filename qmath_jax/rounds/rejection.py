@@ -20,8 +20,9 @@ responses whose final answer matches the gold answer (or, for synthetic problems
 the plain majority answer), in sample order. A TIR transcript is stored as one assistant
 message: the model's text with every interpreter result spliced in as "```output\\n...\\n```"
 (exactly what ``TirSampler`` returns and what the TIR prompt continues at inference time), under
-the TIR system prompt. ``sft_pipeline``'s assistant-only loss therefore also covers the output
-blocks; the report does not say whether SFT masks them.
+the TIR system prompt. ``sft_pipeline`` leaves the output blocks out of the loss
+(``chat.tool_output_spans``, as RL leaves them out with the sampler's ``model_mask``), so SFT
+trains on the model's text and code only; ``data.mask_tool_outputs=False`` trains on them too.
 
 Files under ``out_dir`` (``graded.write_outputs``): ``sft.jsonl`` rows
 ``{"id", "messages": [system, user, assistant], "source": {...}}`` as
