@@ -109,7 +109,9 @@ def encode(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = Fa
   ``<|im_end|>`` (see ``assistant_spans``) and 0 elsewhere: system, user, headers, newlines.
   With ``mask_tool_outputs`` it is also 0 on tokens that start inside an interpreter output
   block of an assistant turn (``tool_output_spans``): the model learns to write its code, not
-  to predict the sandbox's results. ``tokenizer`` is a ``qmath_jax.data.tokenizer.Tokenizer``.
+  to predict the sandbox's results. A token that starts in model text and runs on into an
+  output block (``"```\\n"`` at a python block's closing fence) stays a target: it holds the
+  model's fence. ``tokenizer`` is a ``qmath_jax.data.tokenizer.Tokenizer``.
   """
   for i, m in enumerate(messages):
     if "role" not in m or "content" not in m:
