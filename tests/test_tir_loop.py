@@ -40,6 +40,7 @@ class ScriptedModel:
   def __init__(self, scripts):
     self.scripts = scripts      # prompt -> full model text (interpreter outputs left out)
     self.calls = []             # (number of prompts, n, stop) per generate call
+    self.contexts = []          # the token-id prompts of every call, in order
 
   def _continue(self, context, max_new_tokens, stop):
     prompt = next(p for p in self.scripts if context.startswith(p))
@@ -61,9 +62,11 @@ class ScriptedModel:
     logprobs = [model_logprob(start + i) for i in range(len(ids))]
     return types.Completion(generated, ids, logprobs, types.FINISH_STOP, EOS_TEXT)
 
-  def generate(self, prompts, n=1, *, temperature=0.0, top_p=1.0, top_k=0,
-               max_new_tokens=256, stop=(), seed=0):
-    self.calls.append((len(prompts), n, tuple(stop)))
+  def generate_ids(self, prompt_ids, n=1, *, temperature=0.0, top_p=1.0, top_k=0,
+                   max_new_tokens=256, stop=(), seed=0):
+    self.calls.append((len(prompt_ids), n, tuple(stop)))
+    self.contexts += [list(ids) for ids in prompt_ids]
+    prompts = [CharTokenizer().decode(ids) for ids in prompt_ids]
     return [[self._continue(p, max_new_tokens, stop) for _ in range(n)] for p in prompts]
 
 
@@ -148,6 +151,12 @@ def test_transcripts_masks_and_logprobs(sandbox):
   assert out_c.text == text and out_c.model_mask == mask and out_c.token_ids == ids
   assert out_c.calls[0].result.timed_out and len(out_c.calls) == 1
 
+  # Each round continues the exact ids of the sample so far (what an RL row holds).
+  contexts_a = [ids for ids in model.contexts if CharTokenizer().decode(ids).startswith(PROMPT_A)]
+  prompt_a = CharTokenizer().encode(PROMPT_A)
+  ends = [0, A1.index("```") + 3, len(A1 + "\n```output\n4\n```\n")]  # opened, ran
+  assert contexts_a == [prompt_a + out_a.token_ids[:end] for end in ends]
+
   # Earlier successful blocks re-run first; a failed block leaves only its imports.
   preludes_b = [call.prelude for call in out_b.calls]
   assert preludes_b == [
@@ -199,7 +208,7 @@ def test_closed_python_block():
 
 def test_inconsistent_sampler_is_named(sandbox):
   class Broken:
-    def generate(self, prompts, n=1, **unused):
+    def generate_ids(self, prompts, n=1, **unused):
       return [[types.Completion("x", [ord("y"), 96, 96, 96], [0.0] * 4, types.FINISH_STOP,
                                 "```")] for _ in prompts]
   with pytest.raises(ValueError, match="prompt 0 sample 0 round 0: decode"):

@@ -8,7 +8,7 @@ earlier calls is re-run first, as the Qwen executor does: blocks that ran withou
 full, output discarded, and only the import lines of blocks that failed. The shown result is
 the error line when the program failed, else its output, else "Done" (Qwen's report text).
 
-Every round is one batched `sampler.generate` call over all unfinished samples, and every
+Every round is one batched `sampler.generate_ids` call over all unfinished samples, and every
 round's programs run in parallel with one `sandbox.run_batch` call. Each sample comes back
 with its response text, token ids, a mask that is 1 on model tokens and 0 on interpreter
 output tokens (RL masks the latter out of the loss) and the sampler's log-probabilities.
@@ -19,19 +19,22 @@ at the fence, its text in the transcript is `tokenizer.decode(token_ids)`, so th
 holds the fence and whatever else that last token carried. When it stopped at an end-of-
 sequence token or another stop string, the transcript takes `text` (the stop text is left
 out, as in Qwen's transcripts) while `token_ids` keep the end token.
-Each round re-sends `prompt + response so far` as a string, so the sampler re-tokenizes the
-context; with a BPE tokenizer that may split differently at piece boundaries than the ids
-returned here.
+Each round sends the sampler the prompt's ids followed by the sample's `token_ids` so far
+(model pieces as sampled, output pieces as encoded): exactly the ids of the training row that
+RL builds from the sample, so the returned log-probs are those the training forward computes
+on that row (an on-policy GRPO ratio of 1 for TIR samples too). Re-sending the transcript as
+text instead would let a BPE tokenizer split the context differently at piece boundaries.
 """
 
 import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
+from qmath_jax.data import chat
 from qmath_jax.sampling import types
 
-FENCE = "```"
-PYTHON_LANGUAGE = "python"
+FENCE = chat.FENCE
+PYTHON_LANGUAGE = chat.TOOL_CODE_LANGUAGE
 FINISH_MAX_CALLS = "max_calls"   # the sample ended after its last allowed code call
 DEFAULT_STOP = ("<|im_end|>", "<|endoftext|>")
 NO_OUTPUT_TEXT = "Done"
@@ -42,6 +45,16 @@ class TokenizerLike(Protocol):
     ...
 
   def decode(self, ids: Sequence[int]) -> str:
+    ...
+
+
+class IdsSamplerLike(Protocol):
+  """A sampler that continues token-id prompts (`qmath_jax.sampling.sampler.Sampler`)."""
+
+  def generate_ids(self, prompt_ids: Sequence[Sequence[int]], n: int = 1, *,
+                   temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                   max_new_tokens: int = 256, stop: Sequence[str] = (),
+                   seed: int = 0) -> list[list[types.Completion]]:
     ...
 
 
@@ -118,7 +131,7 @@ def observation(result) -> str:
 def output_piece(text_so_far: str, result) -> str:
   """The "```output" block appended after a code call, on a line of its own."""
   lead = "" if text_so_far.endswith("\n") else "\n"
-  return f"{lead}{FENCE}output\n{observation(result)}\n{FENCE}\n"
+  return f"{lead}{chat.TOOL_OUTPUT_OPEN}{observation(result)}\n{FENCE}\n"
 
 
 def _model_piece(completion: types.Completion, tokenizer: TokenizerLike, where: str) -> str:
@@ -134,7 +147,7 @@ def _model_piece(completion: types.Completion, tokenizer: TokenizerLike, where: 
   return completion.text
 
 
-def generate_tir(sampler: types.SamplerLike, tokenizer: TokenizerLike, executor: ExecutorLike,
+def generate_tir(sampler: IdsSamplerLike, tokenizer: TokenizerLike, executor: ExecutorLike,
                  prompts: Sequence[str], n: int = 1, *, max_calls: int = 4,
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                  max_new_tokens: int = 2048, stop: Sequence[str] = DEFAULT_STOP,
@@ -142,8 +155,9 @@ def generate_tir(sampler: types.SamplerLike, tokenizer: TokenizerLike, executor:
   """Runs the TIR loop for every prompt, `n` samples each.
 
   Args:
-    sampler: any `types.SamplerLike`; called once per round with all unfinished samples.
-    tokenizer: encodes the interpreter output pieces; decodes fence-stopped completions.
+    sampler: any `IdsSamplerLike`; called once per round with all unfinished samples.
+    tokenizer: encodes the prompts and the interpreter output pieces; decodes fence-stopped
+      completions.
     executor: runs each round's programs in parallel (`PythonSandbox`).
     prompts: full prompt strings (chat template applied).
     n: samples per prompt; the first round asks the sampler for `n` per prompt.
@@ -163,6 +177,7 @@ def generate_tir(sampler: types.SamplerLike, tokenizer: TokenizerLike, executor:
     raise ValueError(f"n must be >= 1, got {n}")
   max_rounds = max_rounds if max_rounds is not None else 4 * (max_calls + 1)
   stop_strings = list(dict.fromkeys(list(stop) + [FENCE]))
+  prompt_ids = [list(tokenizer.encode(p)) for p in prompts]
   samples = [[TirSample() for _ in range(n)] for _ in prompts]
   # (prompt index, sample index) of every unfinished sample.
   active = [(p, s) for p in range(len(prompts)) for s in range(n)]
@@ -172,12 +187,12 @@ def generate_tir(sampler: types.SamplerLike, tokenizer: TokenizerLike, executor:
     if not active:
       break
     if round_index == 0:
-      grouped = sampler.generate(list(prompts), n=n, seed=seed, **options)
+      grouped = sampler.generate_ids(prompt_ids, n=n, seed=seed, **options)
       completions = [grouped[p][s] for p, s in active]
     else:
-      contexts = [prompts[p] + samples[p][s].text for p, s in active]
-      completions = [c[0] for c in sampler.generate(contexts, n=1, seed=seed + round_index,
-                                                    **options)]
+      contexts = [prompt_ids[p] + samples[p][s].token_ids for p, s in active]
+      completions = [c[0] for c in sampler.generate_ids(contexts, n=1, seed=seed + round_index,
+                                                        **options)]
     if len(completions) != len(active):
       raise ValueError(f"sampler returned {len(completions)} completions for "
                        f"{len(active)} prompts in round {round_index}")
@@ -230,7 +245,7 @@ class TirSampler:
   marks the interpreter output tokens with 0 (SPEC §3.3: masked out of the RL loss).
   """
 
-  def __init__(self, sampler: types.SamplerLike, tokenizer: TokenizerLike,
+  def __init__(self, sampler: IdsSamplerLike, tokenizer: TokenizerLike,
                executor: ExecutorLike, max_calls: int = 4):
     self.sampler, self.tokenizer, self.executor = sampler, tokenizer, executor
     self.max_calls = max_calls
