@@ -128,6 +128,8 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
   c.int("data.num_epochs", minimum=0)
   if c._lookup("stage") == "rm":
     c.int("data.list_size", minimum=2)
+  if c._lookup("stage") == "sft":
+    c.boolean("data.mask_tool_outputs")
   c.int("data.num_packing_bins", minimum=0)
   micro = c.int("optim.num_microbatches", minimum=1)
   if mesh_shape and batch and micro:

@@ -69,12 +69,14 @@ def test_missing_init_checkpoint_and_wrong_types(tmp_path):
   raw["train"]["total_steps"] = "100"    # a string where an integer belongs
   raw["optim"]["lr"] = "fast"
   raw["mesh"]["shape"] = (3, 1, 1)       # 3 does not divide 8 devices
+  raw["data"]["mask_tool_outputs"] = "yes"
   message = _run_expecting(ml_collections.ConfigDict(raw), tmp_path,
                            "config.init.checkpoint: no checkpoint in",
                            "config.train.total_steps: expected an integer, got '100'",
                            "config.optim.lr: expected a number, got 'fast'",
-                           "config.mesh.shape:")
-  assert message.count("\n") == 4  # one line per problem
+                           "config.mesh.shape:",
+                           "config.data.mask_tool_outputs: expected true or false, got 'yes'")
+  assert message.count("\n") == 5  # one line per problem
 
 
 def test_pipeline_stage_errors_name_the_sub_config(tmp_path):
