@@ -15,6 +15,11 @@ timeout "${BENCH_SECONDS:-170}" python3 benchmarks/attention.py --sweep --out "$
 # training step (MFU). Each has its own time limit so one slow part cannot eat the call.
 timeout "${SAMPLER_SECONDS:-150}" python3 benchmarks/sampler.py --mode device \
   --out "$OUT/sampler.json" 2>&1 | tee "$OUT/sampler.log"
+# The greedy decode again with XLA's command buffers (CUDA graphs) also taking while loops:
+# measures how much of the decode step is kernel-launch cost inside the while body.
+XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
+  timeout "${GRAPH_SECONDS:-60}" python3 benchmarks/sampler.py --mode device --settings 1 \
+  --out "$OUT/sampler_graphs.json" 2>&1 | tee "$OUT/sampler_graphs.log"
 timeout "${TRAIN_SECONDS:-120}" python3 benchmarks/train_step.py --case gpu \
   > "$OUT/train_step.json" 2> "$OUT/train_step.log"
 tail -n 3 "$OUT/train_step.json"
