@@ -10,4 +10,7 @@ cd "$(dirname "$0")/.."
 # Let XLA take most of the GPU memory up front and overlap collectives with compute.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
+# Persistent compilation cache: a restarted or resumed run loads its compiled steps and
+# sampler loops instead of compiling them again ('' turns it off).
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR-$HOME/.cache/qmath_jax/xla}
 exec python3 -m qmath_jax.main "$@"

@@ -26,7 +26,10 @@ remote="cd ${repo_dir}"
 if [[ ${SETUP:-0} == 1 ]]; then
   remote+=" && python3 -m pip install -q -e '.[tpu]'"
 fi
-remote+=" && python3 -m qmath_jax.main${main_args}"
+# Persistent compilation cache on each worker: a restarted or resumed run (after a preemption,
+# say) loads its compiled steps and sampler loops instead of compiling them again.
+cache_dir=${JAX_COMPILATION_CACHE_DIR-'~/.cache/qmath_jax/xla'}
+remote+=" && JAX_COMPILATION_CACHE_DIR=${cache_dir} python3 -m qmath_jax.main${main_args}"
 
 exec gcloud compute tpus tpu-vm ssh "${tpu_name}" --zone="${zone}" "${project_flag[@]}" \
   --worker=all --command="${remote}"
