@@ -42,6 +42,12 @@ def test_answers_are_exact_and_solutions_end_in_boxed_answer():
         assert int(a) % int(b) == 0
 
 
+def test_question_sentences_start_with_a_capital():
+  for problem in synthetic.generate(200, seed=6, cfg=synthetic.SyntheticConfig(1, 2, 9)):
+    for sentence in re.split(r"(?<=[.?]) ", problem.question):
+      assert sentence[0].isupper(), problem.question
+
+
 def test_tir_solution_code_prints_its_output_block():
   for problem in synthetic.generate(30, seed=2):
     tir = problem.meta["tir_solution"]

@@ -106,7 +106,8 @@ def _render(name: str, item: str, start: int, steps: list[tuple[str, int]]) -> d
       code.append(f"{item} = {item} - {operand}")
     elif op == "*":
       new = value * operand
-      sentences.append(f"{then}the number of {item} {name} has becomes {operand} times as large.")
+      the = "the" if then else "The"
+      sentences.append(f"{then}{the} number of {item} {name} has becomes {operand} times as large.")
       lines.append(f"{operand} times as many is {value} * {operand} = {new} {item}.")
       code.append(f"{item} = {item} * {operand}")
     else:
