@@ -34,18 +34,28 @@ How a call runs:
   temperature-1, unfiltered model distribution, whatever the sampling settings.
 - On a mesh, rows, caches and prompts are split over the batch axes ('data', 'fsdp'), and the
   decode weights over 'tensor' (heads, MLP units, vocabulary: `weights.TensorLayout`), the KV
-  caches with their heads; the weights are laid out straight into their shards.
+  caches with their heads; the weights are laid out straight into their shards. What the host
+  reads (tokens, log-probs, done flags, step counts) leaves the jitted functions replicated.
+- A mesh may span several processes (a TPU pod slice under `jax.distributed`): every process
+  calls `generate` with the same prompts and arguments, as it runs the same program. Each builds
+  the global inputs from its own identical host copy, reads the replicated outputs from its own
+  devices, and so takes the same stop decisions and returns the full results; the params given
+  are global arrays on the mesh (as the train state or a restored checkpoint holds them). A call
+  whose prompts or arguments differ between processes is an error (one small all-gather of a
+  digest per call checks it).
 """
 
 import collections
 import dataclasses
 import functools
+import hashlib
 import time
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from qmath_jax.model.config import ModelConfig
@@ -98,6 +108,14 @@ def _batch_sharded(mesh, x, *rest):
       x, NamedSharding(mesh, PartitionSpec(mesh_lib.BATCH_AXES, *rest)))
 
 
+def _replicated(mesh, x):
+  """Constrains x to a full copy on every device (no-op without a mesh): every process of a
+  multi-process mesh can then read it from its own devices."""
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec()))
+
+
 def _cache_sharded(cfg: ModelConfig, mesh, x):
   """Constrains a K or V cache `[batch, kv_heads, length, head_dim]`: heads as the weights."""
   heads_split = weights.TensorLayout.for_mesh(cfg, mesh).attn > 1
@@ -116,7 +134,8 @@ def _start(weights_, tokens, positions, segment_ids, prompt_lens, row_ids, activ
   """Prefill, the first token of each row, an empty own cache of `capacity` slots.
 
   Returns:
-    (decode state, first tokens `[rows]`, their log-probs `[rows]`).
+    (decode state, first tokens `[rows]`, their log-probs `[rows]`); the tokens and log-probs
+    replicated.
   """
   TRACES["prefill"] += 1
   logits, prompt_cache = forward.prefill(cfg, weights_, tokens, positions, segment_ids)
@@ -141,7 +160,7 @@ def _start(weights_, tokens, positions, segment_ids, prompt_lens, row_ids, activ
       "done": ~active | _eos_hit(token, eos_ids),
       "row_keys": row_keys,
   }
-  return state, token, logprob
+  return state, _replicated(mesh, token), _replicated(mesh, logprob)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh", "capacity"))
@@ -156,13 +175,15 @@ def _grow(own_cache, *, cfg, mesh, capacity):
   return jax.tree.map(pad, own_cache)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "mode", "chunk"), donate_argnames=("state",))
-def _decode(weights_, state, stopped, limit, knobs, eos_ids, *, cfg, mode, chunk):
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh", "mode", "chunk"),
+                   donate_argnames=("state",))
+def _decode(weights_, state, stopped, limit, knobs, eos_ids, *, cfg, mesh, mode, chunk):
   """Up to `chunk` decode steps: fewer when every row is done, `limit` tokens exist or the own
   cache is full (token `num` is written at slot `num - 1`).
 
   Returns:
-    (state, tokens `[rows, chunk]`, log-probs `[rows, chunk]`, steps taken, done `[rows]`).
+    (state, tokens `[rows, chunk]`, log-probs `[rows, chunk]`, steps taken, done `[rows]`);
+    all but the state replicated.
   """
   TRACES["decode"] += 1
   rows = state["token"].shape[0]
@@ -202,7 +223,9 @@ def _decode(weights_, state, stopped, limit, knobs, eos_ids, *, cfg, mode, chunk
   }
   carry = jax.lax.while_loop(cond, body, carry)
   state = {**state, **{k: carry[k] for k in ("own_cache", "token", "position", "num", "done")}}
-  return state, carry["tokens"], carry["logprobs"], carry["num"] - first, carry["done"]
+  read = functools.partial(_replicated, mesh)
+  return (state, read(carry["tokens"]), read(carry["logprobs"]), read(carry["num"] - first),
+          read(carry["done"]))
 
 
 @functools.lru_cache(maxsize=16)
@@ -223,7 +246,8 @@ class Sampler:
 
     Args:
       model_config: the model's config (its `dtype` is the compute and cache dtype).
-      params: `Transformer` parameters (unboxed tree).
+      params: `Transformer` parameters (unboxed tree); on a mesh that spans several processes,
+        global arrays on its devices (e.g. a train state's params).
       tokenizer: `qmath_jax.data.tokenizer.Tokenizer`-like: encode, decode, pad_id, eos_ids.
       mesh: optional mesh; rows are split over its ('data', 'fsdp') axes, weights and KV
         heads over 'tensor'.
@@ -255,18 +279,28 @@ class Sampler:
   # -- parameters and placement -------------------------------------------------------------
 
   def update_params(self, params) -> None:
-    """Replaces the weights (e.g. after an RL step); compiled functions are reused."""
+    """Replaces the weights (e.g. after an RL step); compiled functions are reused.
+
+    Args:
+      params: as for the constructor, e.g. the train state's params (global arrays, any
+        sharding on the mesh): they are re-laid out straight into the decode shards.
+    """
     weights.check_params(self.cfg, params)
     if self.mesh is None:
       self._weights = weights.prepare_jit(self.cfg, params, self.layout)
       return
     self._weights = _prepare_sharded(self.cfg, self.layout, self.mesh)(params)
 
-  def _put(self, x, batched: bool):
+  def _put(self, x: np.ndarray, batched: bool) -> jax.Array:
+    """The host array x (the same on every process) on the mesh, rows over the batch axes.
+
+    Each process fills only its own devices' shards from its copy, so a mesh spanning several
+    processes needs no transfer between them (and no check that the copies agree).
+    """
     if self.mesh is None:
       return jnp.asarray(x)
     spec = PartitionSpec(mesh_lib.BATCH_AXES) if batched else PartitionSpec()
-    return jax.device_put(x, NamedSharding(self.mesh, spec))
+    return jax.make_array_from_process_local_data(NamedSharding(self.mesh, spec), x, x.shape)
 
   # -- public API -------------------------------------------------------------------------------
 
@@ -286,6 +320,8 @@ class Sampler:
                    seed: int = 0) -> list[list[Completion]]:
     """`generate` for prompts given as token ids."""
     stop = self._check_args(prompt_ids, n, temperature, top_p, top_k, max_new_tokens, stop)
+    self._check_same_call(prompt_ids, (n, float(temperature), float(top_p), int(top_k),
+                                       int(max_new_tokens), stop, int(seed)))
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     per_batch = _floor_pow2(max(1, self.max_rows // n))
     results: list[list[Completion] | None] = [None] * len(prompt_ids)
@@ -329,6 +365,22 @@ class Sampler:
         raise ValueError(f"prompt {i} holds token id {bad[0]} outside the vocabulary "
                          f"[0, {self.cfg.vocab_size})")
     return stop
+
+  def _check_same_call(self, prompt_ids, knobs: tuple) -> None:
+    """Raises ValueError unless every process of a multi-process mesh got the same call."""
+    if self.mesh is None or not self.mesh.is_multi_process:
+      return
+    digest = hashlib.sha256(repr(knobs).encode())
+    digest.update(np.array([len(ids) for ids in prompt_ids], np.int64).tobytes())
+    for ids in prompt_ids:
+      digest.update(np.asarray(ids, np.int64).tobytes())
+    digests = multihost_utils.process_allgather(np.frombuffer(digest.digest(), np.uint8))
+    differ = [p for p, d in enumerate(digests) if not np.array_equal(d, digests[0])]
+    if differ:
+      raise ValueError(
+          f"process {jax.process_index()}: processes {differ} called generate with other "
+          "prompts or arguments than process 0; on a mesh that spans several processes every "
+          "process must make the same call")
 
   def _generate_batch(self, prompts, prompt_indices, n, temperature, top_p, top_k,
                       max_new_tokens, stop, seed) -> list[list[Completion]]:
@@ -395,7 +447,7 @@ class Sampler:
       chunk = min(self.stop_check_interval, capacity) if stop else capacity
       state, new_tokens, new_logprobs, steps, done_now = _decode(
           self._weights, state, self._put(stopped, True), jnp.int32(max_new_tokens), knobs,
-          eos_ids, cfg=self.cfg, mode=mode, chunk=chunk)
+          eos_ids, cfg=self.cfg, mesh=self.mesh, mode=mode, chunk=chunk)
       steps = int(steps)
       new_tokens = np.asarray(new_tokens)[:, :steps].tolist()
       new_logprobs = np.asarray(new_logprobs, np.float32)[:, :steps].tolist()
