@@ -120,6 +120,27 @@ def test_two_processes_match_one_process_and_one_device():
   assert [g[0]["ids"] for g in runs["updated"]] != [g[0]["ids"] for g in runs["greedy"]]
 
 
+def test_host_reads_replicated_arrays_and_state_stays_sharded(monkeypatch):
+  """One process, 8 devices: what the host reads is whole on every device, so a process of a
+  pod slice can read it from its own devices; the decode state keeps its row split."""
+  from qmath_jax.sampling import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
+  seen = []  # per call: (host-read outputs all replicated, K cache rows, a K cache shard's shape)
+  for name in ("_start", "_decode"):
+    def spy(*args, _jitted=getattr(sampler_lib, name), **kwargs):
+      state, *host_read = out = _jitted(*args, **kwargs)
+      k_cache = state["own_cache"][0]["k"]  # read now: the next decode call donates the state
+      seen.append((all(x.sharding.is_fully_replicated for x in host_read), k_cache.shape[0],
+                   k_cache.addressable_shards[0].data.shape))
+      return out
+    monkeypatch.setattr(sampler_lib, name, spy)
+  sampler, _ = make_sampler(MESH_SHAPE)
+  out = sampler.generate(PROMPTS, n=2, temperature=1.0, max_new_tokens=8, stop=[STOP])
+  assert len(out) == len(PROMPTS) and len(seen) >= 3  # prefill and several decode chunks
+  for replicated, rows, k_shard in seen:
+    assert replicated
+    assert k_shard[:2] == (rows // 4, 1)  # rows over data x fsdp, 2 kv heads over tensor
+
+
 def _worker(port: int, process_id: int) -> None:
   from qmath_jax import parallel  # pylint: disable=g-import-not-at-top
   assert parallel.initialize_distributed(f"localhost:{port}", 2, process_id, timeout_s=120)
