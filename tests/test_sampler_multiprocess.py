@@ -1,6 +1,8 @@
 """Two processes on localhost (jax.distributed, gloo CPU collectives, 4 devices each) sample on
 one (data, fsdp, tensor) = (2, 2, 2) mesh: every process gets the same completions, equal to one
-process with 8 devices on that mesh and to one device without a mesh.
+process with 8 devices on that mesh and to one device without a mesh; a call that differs between
+the processes raises on both. A fast test checks in one process that what the host reads leaves
+the jitted functions replicated.
 
 Run as a script, this file is one worker: `python test_sampler_multiprocess.py PORT PROCESS_ID`.
 """
@@ -15,7 +17,7 @@ import pytest
 
 MESH_SHAPE = (2, 2, 2)  # rows over both processes' devices, weights and KV heads over 'tensor'
 PROMPTS = ["x=1+2", "abc def gh(", "7*8"]
-STOP = "e"  # ends some rows of both runs before max_new_tokens, inside and across tokens
+STOP = "e"  # ends some rows before max_new_tokens, also inside a two-character token
 RUNS = {
     "greedy": dict(n=1, max_new_tokens=20, stop=[STOP]),
     "sampled": dict(n=4, temperature=1.3, top_p=0.9, max_new_tokens=20, stop=[STOP], seed=3),
