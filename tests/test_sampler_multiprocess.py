@@ -17,7 +17,7 @@ import pytest
 
 MESH_SHAPE = (2, 2, 2)  # rows over both processes' devices, weights and KV heads over 'tensor'
 PROMPTS = ["x=1+2", "abc def gh(", "7*8"]
-STOP = "e"  # ends some rows before max_new_tokens, also inside a two-character token
+STOP = "e"  # ends some rows before max_new_tokens, others run to the end
 RUNS = {
     "greedy": dict(n=1, max_new_tokens=20, stop=[STOP]),
     "sampled": dict(n=4, temperature=1.3, top_p=0.9, max_new_tokens=20, stop=[STOP], seed=3),
