@@ -123,7 +123,8 @@ def run_cpu(args, records):
     cfg, params = load_hf(pathlib.Path(tmp))
   prompts = _random_prompts(args.batch, args.prompt, args.vocab)
   rows = args.batch * args.n
-  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), max_rows=rows)
+  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), max_rows=rows,
+                    initial_cache_len=args.initial_cache)
   tokens, first, best = _timed(
       lambda: [c.token_ids for group in sampler.generate_ids(prompts, n=args.n,
                                                              max_new_tokens=args.new)
@@ -131,7 +132,7 @@ def run_cpu(args, records):
       args.repeats)
   new_tokens = rows * args.new
   result = {"mode": "cpu", "batch": args.batch, "n": args.n, "prompt": args.prompt,
-            "new": args.new,
+            "new": args.new, "initial_cache": args.initial_cache,
             "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
             "params": cfg.num_params, "cpus": os.cpu_count(),
             "torch_threads": theirs["torch_threads"], "transformers": theirs["transformers"],
@@ -155,7 +156,8 @@ def run_device(args, records):
   clock = time.perf_counter()
   params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
   jax.block_until_ready(params)
-  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), max_rows=args.batch)
+  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), max_rows=args.batch,
+                    initial_cache_len=args.initial_cache)
   del params
   weight_bytes = sum(x.nbytes for x in jax.tree.leaves(sampler._weights))  # pylint: disable=protected-access
   _emit({"mode": "device", "device": jax.devices()[0].device_kind, "jax": jax.__version__,
@@ -179,6 +181,7 @@ def run_device(args, records):
     kv = _kv_bytes_per_step(cfg, args.batch // n, args.batch, args.prompt, args.new, 2)
     roofline_s = (weight_bytes + kv) / (args.hbm_tbps * 1e12)
     _emit({"setting": name, "rows": args.batch, "n": n, "prompt": args.prompt, "new": args.new,
+           "initial_cache": args.initial_cache, "cache_len": stats["cache_len"],
            "decode_step_ms": 1e3 * step_s, "roofline_step_ms": 1e3 * roofline_s,
            "fraction_of_roofline": roofline_s / step_s, "kv_bytes_per_step": kv,
            "prefill_s": stats["prefill_s"], "first_run_wall_s": runs[0]["wall_s"],
@@ -198,6 +201,8 @@ def main(argv=None):
   parser.add_argument("--prompt", type=int)
   parser.add_argument("--new", type=int)
   parser.add_argument("--n", type=int, default=1, help="cpu mode: rows per prompt")
+  parser.add_argument("--initial_cache", type=int, default=64,
+                      help="the sampler's initial_cache_len (>= --new: one fixed-size cache)")
   parser.add_argument("--settings", type=int, default=4, help="device mode: how many settings")
   parser.add_argument("--hbm_tbps", type=float, default=4.3)
   parser.add_argument("--hidden", type=int, default=256)
