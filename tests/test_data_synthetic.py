@@ -71,6 +71,30 @@ def test_difficulty_knobs():
     synthetic.SyntheticConfig(min_steps=3, max_steps=2)
 
 
+def _values(signature: str) -> list[int]:
+  """The quantity after each step of a signature, the start value first."""
+  start, *steps = signature.split("|")
+  values = [int(start)]
+  for step in steps:
+    op, operand = step[0], int(step[1:])
+    values.append({"+": values[-1] + operand, "-": values[-1] - operand,
+                   "*": values[-1] * operand, "/": values[-1] // operand}[op])
+  return values
+
+
+def test_max_value_bounds_every_number():
+  bounded = synthetic.SyntheticConfig(min_steps=2, max_steps=3, max_operand=9, max_value=20)
+  for problem in synthetic.generate(300, seed=4, cfg=bounded):
+    assert max(_values(problem.meta["signature"])) <= 20, problem.meta["signature"]
+    assert max(int(n) for n in re.findall(r"\d+", problem.solution)) <= 20, problem.solution
+    assert problem.answer == str(_evaluate(problem.meta["signature"]))
+  unbounded = synthetic.SyntheticConfig(min_steps=2, max_steps=3, max_operand=9)
+  assert any(max(_values(p.meta["signature"])) > 20
+             for p in synthetic.generate(300, seed=4, cfg=unbounded))
+  with pytest.raises(ValueError, match="max_value"):
+    synthetic.SyntheticConfig(max_operand=9, max_value=8)
+
+
 def test_held_out_split_is_disjoint():
   train = synthetic.generate(2000, seed=0)
   test = synthetic.generate(200, seed=0, split="test")

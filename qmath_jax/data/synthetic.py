@@ -8,7 +8,7 @@ multiply, share equally), always staying a positive integer, so every answer is 
              "The answer is $\\boxed{23}$."
   meta["tir_solution"]  a ```python block computing it, its ```output block, and the boxed answer
 
-Difficulty knobs: ``SyntheticConfig.min_steps / max_steps`` and ``max_operand``.
+Difficulty knobs: ``SyntheticConfig.min_steps / max_steps``, ``max_operand`` and ``max_value``.
 Held-out split: a problem belongs to "test" when the hash of its structure (start value,
 operations, operands) falls in the held-out bucket, else to "train", so the splits are
 disjoint for every seed and every knob setting.
@@ -36,11 +36,14 @@ class SyntheticConfig:
   Attributes:
     min_steps, max_steps: operations per problem (inclusive range).
     max_operand: largest start value and operand of + and -; factors and divisors stay in 2..9.
+    max_value: largest value the quantity may reach (None: unbounded); a + or * step that
+      would pass it is not drawn, so every number in a problem stays <= max_value.
     test_fraction: share of problem structures held out for the "test" split.
   """
   min_steps: int = 2
   max_steps: int = 4
   max_operand: int = 50
+  max_value: int | None = None
   test_fraction: float = 0.1
 
   def __post_init__(self):
@@ -49,6 +52,9 @@ class SyntheticConfig:
                        f"{self.max_steps}")
     if self.max_operand < 2:
       raise ValueError(f"max_operand must be >= 2, got {self.max_operand}")
+    if self.max_value is not None and self.max_value < self.max_operand:
+      raise ValueError(f"max_value must be None or >= max_operand ({self.max_operand}), got "
+                       f"{self.max_value}")
     if not 0.0 < self.test_fraction < 1.0:
       raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
 
@@ -59,23 +65,25 @@ def _split_of(signature: str, test_fraction: float) -> str:
 
 
 def _steps(rng: random.Random, cfg: SyntheticConfig) -> tuple[int, list[tuple[str, int]]]:
-  """A start value and (op, operand) steps keeping the value a positive integer."""
+  """A start value and (op, operand) steps keeping the value a positive integer <= max_value."""
+  limit = float("inf") if cfg.max_value is None else cfg.max_value
   value = rng.randint(2, cfg.max_operand)
   start, steps = value, []
   for _ in range(rng.randint(cfg.min_steps, cfg.max_steps)):
-    choices = ["+", "*"] + (["-"] if value > 1 else [])
+    choices = ((["+"] if value < limit else []) + (["*"] if 2 * value <= limit else []) +
+               (["-"] if value > 1 else []))
     divisors = [d for d in range(2, 10) if value % d == 0]
     if divisors:
       choices.append("/")
     op = rng.choice(choices)
     if op == "+":
-      operand = rng.randint(1, cfg.max_operand)
+      operand = rng.randint(1, min(cfg.max_operand, limit - value))
       value += operand
     elif op == "-":
       operand = rng.randint(1, min(value - 1, cfg.max_operand))
       value -= operand
     elif op == "*":
-      operand = rng.randint(2, 9)
+      operand = rng.randint(2, min(9, limit // value))
       value *= operand
     else:
       operand = rng.choice(divisors)
