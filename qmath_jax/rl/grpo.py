@@ -17,6 +17,11 @@ minibatches of `minibatch_rows` (SPEC: 4096 samples per episode, global batch 51
 optimizer steps per rollout; the first is on-policy, later ones clip). Afterwards the sampler
 still holds the parameters the rollout sampled with: call `update_params(state.params)` before
 sampling from the updated policy elsewhere (evaluation, say).
+
+On a mesh that spans several processes every process runs the iteration alike: the sampler
+returns every process the same completions, so each builds the same host batch, reads the
+reference log-probs whole, and feeds the train step only the rows of each minibatch that its
+own devices hold (`parallel.local_rows`).
 """
 
 import dataclasses
@@ -103,19 +108,22 @@ def grpo_iteration(state: TrainState, train_step: step_lib.TrainStep, sampler, t
   out = rollout_lib.rollout(sampler, tokenizer, problems, config.rollout, seed=seed,
                             seq_len=config.seq_len, reward_fn=reward_fn, scorer=scorer)
   batch, stats = rollout_lib.build_batch(out, config.seq_len, tokenizer.pad_id)
+  mesh = train_step.mesh
   batch["ref_logprobs"] = rollout_lib.reference_logprobs(model_config, ref_params, batch,
-                                                         config.ref_batch_size)
+                                                         config.ref_batch_size, mesh=mesh)
   rows = stats["rows"]
   per_step = config.minibatch_rows or rows
   if rows % per_step:
     raise ValueError(f"{rows} rollout rows (problems x group_size) do not split into "
                      f"minibatch_rows={per_step}")
+  parallel.check_batch_size(per_step, mesh, name="GRPO minibatch (minibatch_rows)")
+  own_rows = parallel.local_rows(per_step, mesh)  # of each minibatch, this process's devices'
   order = np.random.default_rng(seed).permutation(rows)
   step_metrics = []
   for start in range(0, rows, per_step):
-    rows_here = order[start:start + per_step]
+    rows_here = order[start:start + per_step][own_rows]
     minibatch = {k: v[rows_here] for k, v in batch.items()}
-    state, metrics = train_step(state, parallel.shard_batch(minibatch, train_step.mesh))
+    state, metrics = train_step(state, parallel.shard_batch(minibatch, mesh, per_step))
     step_lib.raise_if_not_finite(metrics, int(jax.device_get(state.step)))
     step_metrics.append(jax.device_get({k: metrics[k] for k in STEP_METRICS}))
   summary = {

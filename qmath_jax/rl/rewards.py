@@ -19,6 +19,7 @@ from typing import Protocol
 import jax
 import numpy as np
 
+from qmath_jax import parallel
 from qmath_jax.data import chat
 from qmath_jax.evaluation import extract, grader
 from qmath_jax.model.config import ModelConfig
@@ -65,11 +66,15 @@ def shaped_reward(rm_score, verified, alpha: float = 0.5) -> np.ndarray:
   return (1.0 / (1.0 + np.exp(-alpha * rm_score)) + (verified - 1.0)).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _scores(params, tokens, positions, segment_ids, *, cfg: ModelConfig):
-  """fp32 `[rows]` RM scores of right-padded rows `[rows, length]`."""
-  return reward_model.make_reward_model(cfg).apply({"params": params}, tokens, positions,
-                                                   segment_ids)
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh"))
+def _scores(params, tokens, positions, segment_ids, *, cfg: ModelConfig, mesh):
+  """fp32 `[rows]` RM scores of right-padded rows `[rows, length]`; on a mesh, whole on every
+  device (the host reads them)."""
+  scores = reward_model.make_reward_model(cfg).apply({"params": params}, tokens, positions,
+                                                     segment_ids)
+  if mesh is None:
+    return scores
+  return jax.lax.with_sharding_constraint(scores, parallel.replicated(mesh))
 
 
 class RewardModelScorer:
@@ -79,17 +84,23 @@ class RewardModelScorer:
   (`sampling.sampler.bucket`: powers of two and their halfway points, at most `max_length`)
   and scored `batch_size` rows at a time, so a call compiles once per length bucket and never
   per call; the score is read at each row's last token.
+
+  With a mesh, each batch's rows are split over its ('data', 'fsdp') axes and the scores come
+  back whole on every device: on a mesh that spans several processes, every process makes the
+  same calls and gets every score.
   """
 
   def __init__(self, model_config: ModelConfig, rm_params, tokenizer, *, batch_size: int = 16,
-               max_length: int | None = None):
+               max_length: int | None = None, mesh=None):
     """
     Args:
       model_config: the RM backbone's config.
       rm_params: `RewardModel` parameters `{"backbone", "score_head"}` (unboxed).
       tokenizer: encode / pad_id (`qmath_jax.data.tokenizer.Tokenizer` or a table tokenizer).
-      batch_size: rows per forward (the last batch is padded to it).
+      batch_size: rows per forward (the last batch is padded to it); on a mesh, rounded up
+        to a multiple of data x fsdp.
       max_length: longest conversation in tokens (default: the model's max positions).
+      mesh: optional mesh that `rm_params` live on (needed when it spans several processes).
     """
     max_length = max_length or model_config.max_position_embeddings
     if batch_size < 1 or max_length < 1:
@@ -97,9 +108,16 @@ class RewardModelScorer:
     if max_length > model_config.max_position_embeddings:
       raise ValueError(f"max_length={max_length} exceeds max_position_embeddings="
                        f"{model_config.max_position_embeddings}")
+    if mesh is None and any(isinstance(x, jax.Array) and not x.is_fully_addressable
+                            for x in jax.tree.leaves(rm_params)):
+      raise ValueError("rm_params span several processes: pass their mesh to the scorer")
+    if mesh is not None:
+      shards = parallel.batch_shards(mesh)
+      batch_size = -(-batch_size // shards) * shards
     self.cfg = model_config
     self.params = rm_params
     self.tokenizer = tokenizer
+    self.mesh = mesh
     self.batch_size = batch_size
     self.max_length = max_length
 
@@ -141,6 +159,12 @@ class RewardModelScorer:
       start += len(row)
     return out
 
+  def _put(self, x: np.ndarray):
+    """Host rows `[batch_size, length]` (the same on every process) split over the mesh."""
+    if self.mesh is None:
+      return x
+    return jax.make_array_from_process_local_data(parallel.batch_sharding(self.mesh), x, x.shape)
+
   def _score_ids(self, encoded: list[list[int]]) -> np.ndarray:
     out = np.zeros((len(encoded),), np.float32)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together
@@ -156,6 +180,7 @@ class RewardModelScorer:
         tokens[r, :len(ids)] = ids
         positions[r, :len(ids)] = np.arange(len(ids))
         segment_ids[r, :len(ids)] = 1
-      scores = _scores(self.params, tokens, positions, segment_ids, cfg=self.cfg)
+      scores = _scores(self.params, self._put(tokens), self._put(positions),
+                       self._put(segment_ids), cfg=self.cfg, mesh=self.mesh)
       out[rows] = np.asarray(scores, np.float32)[:len(rows)]
     return out

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qmath_jax import parallel
 from qmath_jax.data import chat, pipelines
 from qmath_jax.data.sources import Problem
 from qmath_jax.model.config import ModelConfig
@@ -204,38 +205,58 @@ def build_batch(out: Rollout, seq_len: int, pad_id: int) -> tuple[dict, dict]:
   return batch, stats
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _target_logprobs(params, tokens, positions, segment_ids, *, cfg: ModelConfig):
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh"))
+def _target_logprobs(params, tokens, positions, segment_ids, *, cfg: ModelConfig, mesh):
+  """fp32 `[rows, L]` target-aligned log-probs; on a mesh, whole on every device (host-read)."""
   logits = Transformer(cfg).apply({"params": params}, tokens, positions, segment_ids)
   logprobs, _ = losses.target_logprobs(logits, tokens)
-  return logprobs * losses.target_mask(segment_ids)
+  logprobs = logprobs * losses.target_mask(segment_ids)
+  if mesh is None:
+    return logprobs
+  return jax.lax.with_sharding_constraint(logprobs, parallel.replicated(mesh))
 
 
 def reference_logprobs(model_config: ModelConfig, ref_params, batch: dict,
-                       batch_size: int | None = None) -> np.ndarray:
+                       batch_size: int | None = None, *, mesh=None) -> np.ndarray:
   """Target-aligned fp32 log-probs `[rows, L]` of `batch`'s tokens under a frozen model.
 
   Args:
     model_config: the reference model's config.
-    ref_params: its `Transformer` parameters (e.g. the SFT model's).
-    batch: tokens, positions, segment_ids `[rows, L]` (as `build_batch` makes them).
+    ref_params: its `Transformer` parameters (e.g. the SFT model's); global arrays on `mesh`
+      when it spans several processes.
+    batch: tokens, positions, segment_ids `[rows, L]` (as `build_batch` makes them); on a
+      mesh that spans several processes, the same host arrays on every process.
     batch_size: rows per forward (default: all at once); the last chunk is padded to it, so
-      one shape compiles.
+      one shape compiles. On a mesh it is rounded up to a multiple of data x fsdp.
+    mesh: optional mesh: each chunk's rows are split over its ('data', 'fsdp') axes and the
+      log-probs come back whole on every device, so every process reads them all.
 
   Returns:
     float32 `[rows, L]`: log p_ref(tokens[t] | tokens[:t]) at column t; 0 where no token is
     predicted (column 0 of each row, padding).
   """
+  if mesh is None and any(isinstance(x, jax.Array) and not x.is_fully_addressable
+                          for x in jax.tree.leaves(ref_params)):
+    raise ValueError("ref_params span several processes: pass their mesh to reference_logprobs")
   tokens, positions, segment_ids = (np.asarray(batch[k], np.int32)
                                     for k in ("tokens", "positions", "segment_ids"))
   rows = tokens.shape[0]
   size = min(batch_size or rows, rows)
+  if mesh is not None:
+    shards = parallel.batch_shards(mesh)
+    size = -(-size // shards) * shards
+
+  def put(x):
+    if mesh is None:
+      return x
+    return jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), x, x.shape)
+
   out = np.zeros(tokens.shape, np.float32)
   for start in range(0, rows, size):
     chunk = slice(start, min(start + size, rows))
     pad = size - (chunk.stop - chunk.start)
-    fill = lambda x: np.concatenate([x[chunk], np.zeros((pad,) + x.shape[1:], x.dtype)])
+    fill = lambda x: put(np.concatenate([x[chunk], np.zeros((pad,) + x.shape[1:], x.dtype)]))
     logprobs = _target_logprobs(ref_params, fill(tokens), fill(positions), fill(segment_ids),
-                                cfg=model_config)
+                                cfg=model_config, mesh=mesh)
     out[chunk] = np.asarray(logprobs, np.float32)[:size - pad]
   return out
