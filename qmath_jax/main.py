@@ -42,6 +42,7 @@ from qmath_jax.model import presets
 from qmath_jax.model import transformer
 from qmath_jax.parallel import batch as batch_lib
 from qmath_jax.parallel import distributed
+from qmath_jax.parallel import hosts
 from qmath_jax.parallel import mesh as mesh_lib
 from qmath_jax.parallel import rules as rules_lib
 from qmath_jax.train import checkpoint as checkpoint_lib
@@ -694,7 +695,7 @@ def run_rl_stage(config, workdir: str) -> dict:
   sampler = sampler_lib.Sampler(model_cfg, ref_params, tokenizer, mesh=mesh)
   meta = {"stage": "rl", MODEL_META: dataclasses.asdict(model_cfg),
           "config": json.loads(config.to_json_best_effort())}
-  writer = metrics_writer.MetricsWriter(workdir, rl.episodes, is_main=jax.process_index() == 0)
+  writer = metrics_writer.MetricsWriter(workdir, rl.episodes, is_main=hosts.is_writer())
   writer.start(done)
   metrics, episode = {}, done
   try:

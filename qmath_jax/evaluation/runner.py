@@ -7,6 +7,10 @@
 sampler for "cot"; the TIR sampler for "tir", which runs the code itself). Completed problems
 are appended to `workdir/samples/<dataset>.jsonl` batch by batch, so a stopped run resumes
 where it stopped. Each batch uses seed `config.seed + index of its first problem`.
+
+In a multi-process run every process samples, grades and returns the same results, and only
+the writer process (`parallel.is_writer`) writes files: every process reads the cached samples
+before the writer appends to them, and all wait for the report before returning.
 """
 
 import dataclasses
@@ -15,6 +19,7 @@ import os
 import pathlib
 from collections.abc import Callable, Sequence
 
+from qmath_jax import parallel
 from qmath_jax.data import records
 from qmath_jax.evaluation import benchmarks
 from qmath_jax.evaluation import extract
@@ -86,7 +91,8 @@ def _load_samples(path: pathlib.Path, fingerprint: dict) -> dict[int, dict]:
                        f"not {fingerprint}; use another workdir or delete the file")
     cached[record["index"]] = record
     kept.append(line if line.endswith("\n") else line + "\n")
-  if len(kept) != len(lines) or (lines and not lines[-1].endswith("\n")):
+  if parallel.is_writer() and (len(kept) != len(lines) or
+                               (lines and not lines[-1].endswith("\n"))):
     records.write_atomic(path, "".join(kept))
   return cached
 
@@ -111,6 +117,7 @@ def sample_dataset(sampler, problems: list[benchmarks.Problem], kind: str, confi
   """Samples, grades and caches every problem not yet in `samples_path`; returns all records."""
   fingerprint = config.fingerprint()
   done = _load_samples(samples_path, fingerprint)
+  parallel.barrier(f"read {samples_path.name}")  # before the writer appends to it
   todo = [p for p in problems if p.index not in done]
   for start in range(0, len(todo), config.batch_size):
     batch = todo[start:start + config.batch_size]
@@ -134,7 +141,8 @@ def sample_dataset(sampler, problems: list[benchmarks.Problem], kind: str, confi
           "finish_reasons": [c.finish_reason for c in per_prompt],
           "scores": [float(s) for s in scores[k]] if scores is not None else None,
           "config": fingerprint})
-    _append(samples_path, new)
+    if parallel.is_writer():
+      _append(samples_path, new)
     done.update((r["index"], r) for r in new)
   wanted = {p.index for p in problems}
   return [done[i] for i in sorted(done) if i in wanted]
@@ -162,7 +170,8 @@ def headline_metric(config: EvalConfig, has_scores: bool) -> str:
 def run_eval(sampler, workdir, config: EvalConfig, score_fn: ScoreFn | None = None) -> dict:
   """Evaluates every dataset in `config.datasets`; writes samples, JSON, markdown and PNG."""
   workdir = pathlib.Path(workdir)
-  (workdir / "samples").mkdir(parents=True, exist_ok=True)
+  if parallel.is_writer():
+    (workdir / "samples").mkdir(parents=True, exist_ok=True)
   per_dataset = {}
   for name in config.datasets:
     bench = benchmarks.get(name)
@@ -179,5 +188,5 @@ def run_eval(sampler, workdir, config: EvalConfig, score_fn: ScoreFn | None = No
       "datasets": per_dataset,
       "averages": report.group_averages(per_dataset, metric),
   }
-  report.write_all(workdir, results)
+  parallel.write_once(lambda: report.write_all(workdir, results), "eval report written")
   return results

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qmath_jax import parallel
 from qmath_jax.data import chat
 from qmath_jax.data import pipelines
 from qmath_jax.data import records
@@ -163,12 +164,17 @@ def write_outputs(out_dir, data_file: str, rows: Sequence[dict], per_problem: Se
   """Writes a round's files under ``out_dir``, each through a temp name and a rename.
 
   ``<data_file>`` (training rows, jsonl), ``problems.jsonl`` (one stats row per problem) and,
-  last, ``summary.json`` (sorted keys), whose presence marks the round complete. Returns the
-  summary as written (tuples read back as lists).
+  last, ``summary.json`` (sorted keys), whose presence marks the round complete. In a
+  multi-process run only the writer process writes them, and every process returns once they
+  are written. Returns the summary as written (tuples read back as lists).
   """
   out_dir = pathlib.Path(out_dir)
-  records.write_jsonl(rows, out_dir / data_file)
-  records.write_jsonl(per_problem, out_dir / PROBLEMS_FILE)
   text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
-  records.write_atomic(out_dir / SUMMARY_FILE, text)
+
+  def write():
+    records.write_jsonl(rows, out_dir / data_file)
+    records.write_jsonl(per_problem, out_dir / PROBLEMS_FILE)
+    records.write_atomic(out_dir / SUMMARY_FILE, text)
+
+  parallel.write_once(write, f"round files written in {out_dir}")
   return json.loads(text)
