@@ -13,6 +13,11 @@ round's programs run in parallel with one `sandbox.run_batch` call. Each sample 
 with its response text, token ids, a mask that is 1 on model tokens and 0 on interpreter
 output tokens (RL masks the latter out of the loss) and the sampler's log-probabilities.
 
+In a multi-process run every process runs this loop alike, but a round's programs run on the
+writer process only and every process continues with its results (`parallel.on_writer`): a
+program whose output differs from run to run (time, randomness) still gives every process the
+same next-round prompts, as the sampler on a mesh that spans several processes requires.
+
 Contract with the sampler (`qmath_jax.sampling.types`): a completion's `text` is cut before
 the stop string; `token_ids` include the token that completed it. When a completion stopped
 at the fence, its text in the transcript is `tokenizer.decode(token_ids)`, so the transcript
@@ -30,6 +35,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
+from qmath_jax import parallel
 from qmath_jax.data import chat
 from qmath_jax.sampling import types
 
@@ -158,7 +164,8 @@ def generate_tir(sampler: IdsSamplerLike, tokenizer: TokenizerLike, executor: Ex
     sampler: any `IdsSamplerLike`; called once per round with all unfinished samples.
     tokenizer: encodes the prompts and the interpreter output pieces; decodes fence-stopped
       completions.
-    executor: runs each round's programs in parallel (`PythonSandbox`).
+    executor: runs each round's programs in parallel (`PythonSandbox`); in a multi-process
+      run, only the writer process's executor runs them.
     prompts: full prompt strings (chat template applied).
     n: samples per prompt; the first round asks the sampler for `n` per prompt.
     max_calls: code calls per sample (Qwen: 4).
@@ -217,7 +224,8 @@ def generate_tir(sampler: IdsSamplerLike, tokenizer: TokenizerLike, executor: Ex
           still_active.append((p, s))
     if to_run:
       preludes = [prelude_for(samples[p][s].calls) for p, s, _ in to_run]
-      results = executor.run_batch([code for _, _, code in to_run], preludes)
+      codes = [code for _, _, code in to_run]
+      results = parallel.on_writer(lambda: list(executor.run_batch(codes, preludes)))
       for (p, s, code), prelude, result in zip(to_run, preludes, results):
         sample = samples[p][s]
         sample.calls.append(ToolCall(code=code, prelude=prelude, result=result))
