@@ -100,12 +100,19 @@ def test_eval_on_another_process_writes_nothing_and_returns_the_results(monkeypa
                           + "\n" for k in range(4)))
   config = runner.EvalConfig(datasets=("gsm8k",), data_dir=str(tmp_path / "data"))
   alone = runner.run_eval(OneAnswerSampler(), tmp_path / "alone", config)
+  graders = []
+  grade = runner._grade  # pylint: disable=protected-access
+  monkeypatch.setattr(runner, "_grade", lambda *a: graders.append(jax.process_index()) or grade(*a))
   fake = FakeProcesses(monkeypatch)
+  writer = runner.run_eval(OneAnswerSampler(), tmp_path / "work", config)
   fake.be(1)
-  results = runner.run_eval(OneAnswerSampler(), tmp_path / "work", config)
-  assert results == alone and results["datasets"]["gsm8k"]["acc"] == 25.0
-  assert not (tmp_path / "work").exists()
-  assert fake.barriers == ["read gsm8k.jsonl", "eval report written"]
+  other = runner.run_eval(OneAnswerSampler(), tmp_path / "other", config)
+  assert writer == other == alone and other["datasets"]["gsm8k"]["acc"] == 25.0
+  assert graders == [0] * 4  # process 0 graded every problem; process 1 got its grades
+  assert not (tmp_path / "other").exists()
+  assert (tmp_path / "work" / "samples" / "gsm8k.jsonl").read_text() == (
+      tmp_path / "alone" / "samples" / "gsm8k.jsonl").read_text()
+  assert fake.barriers == ["read gsm8k.jsonl", "eval report written"] * 2
 
 
 class CodeSampler:

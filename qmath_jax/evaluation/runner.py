@@ -8,9 +8,9 @@ sampler for "cot"; the TIR sampler for "tir", which runs the code itself). Compl
 are appended to `workdir/samples/<dataset>.jsonl` batch by batch, so a stopped run resumes
 where it stopped. Each batch uses seed `config.seed + index of its first problem`.
 
-In a multi-process run every process samples, grades and returns the same results, and only
-the writer process (`parallel.is_writer`) writes files: every process reads the cached samples
-before the writer appends to them, and all wait for the report before returning.
+In a multi-process run every process samples and returns the same results; the writer process
+(`parallel.is_writer`) alone grades (sharing the grades) and writes files: every process reads
+the cached samples before the writer appends to them, and all wait for the report.
 """
 
 import dataclasses
@@ -132,9 +132,11 @@ def sample_dataset(sampler, problems: list[benchmarks.Problem], kind: str, confi
                        f"{len(batch)} prompts x n={config.n}")
     texts = [[c.text for c in per_prompt] for per_prompt in completions]
     scores = score_fn(prompt_texts, texts) if score_fn is not None else None
+    graded = parallel.on_writer(lambda: [  # graded once, the same on every process
+        _grade(problem, texts[k], kind, config.grade_timeout) for k, problem in enumerate(batch)])
     new = []
     for k, (problem, per_prompt) in enumerate(zip(batch, completions)):
-      preds, correct = _grade(problem, texts[k], kind, config.grade_timeout)
+      preds, correct = graded[k]
       new.append({
           "index": problem.index, "id": problem.id, "gold": problem.gold,
           "choice": problem.choice, "responses": texts[k], "preds": preds, "correct": correct,

@@ -9,7 +9,9 @@
 Rewards: a `reward_fn(problem, completion) -> float` when given; otherwise the SPEC reward,
 `rewards.shaped_reward(r_m, r_v, alpha)` with r_m from `scorer` (all P x G conversations in one
 `score` call), or the verifier reward r_v alone without a scorer. The verifier reward is always
-computed too (`Rollout.verified`, the accuracy metric).
+computed too (`Rollout.verified`, the accuracy metric). In a multi-process run the host-side
+rewards (verifier, `reward_fn`) are computed by the writer process and shared, so every process
+builds the same batch.
 
 The batch (`build_batch`) has one row per completion, in (problem, sample) order, laid out for
 `train.losses.grpo_loss`: the prompt ids then the completion ids, right-padded. Everything
@@ -134,14 +136,17 @@ def rollout(sampler, tokenizer, problems: Sequence[Problem], config: RolloutConf
   if len(completions) != len(problems) or any(len(c) != group for c in completions):
     raise ValueError(f"sampler returned {[len(c) for c in completions]} completions for "
                      f"{len(problems)} prompts x group_size={group}")
-  verified = np.array([[rewards_lib.verifier_reward(c.text, p.answer, config.data_name)
-                        for c in group_completions]
-                       for p, group_completions in zip(problems, completions)],
-                      np.float32).reshape(len(problems), group)
+  # Host-only rewards run on the writer process and are shared: a grader timeout on one
+  # process cannot give the processes different rewards.
+  verified = parallel.on_writer(lambda: np.array(
+      [[rewards_lib.verifier_reward(c.text, p.answer, config.data_name)
+        for c in group_completions] for p, group_completions in zip(problems, completions)],
+      np.float32).reshape(len(problems), group))
   if reward_fn is not None:
-    rewards = np.array([[reward_fn(p, c) for c in group_completions]
-                        for p, group_completions in zip(problems, completions)],
-                       np.float32).reshape(len(problems), group)
+    rewards = parallel.on_writer(lambda: np.array(
+        [[reward_fn(p, c) for c in group_completions]
+         for p, group_completions in zip(problems, completions)],
+        np.float32).reshape(len(problems), group))
   elif scorer is not None:
     conversations = [pipelines.prompt_messages(p, config.system) +
                      [{"role": "assistant", "content": c.text}]

@@ -11,6 +11,9 @@ for SFT data, reward-model lists and RL query selection all read the ``Graded`` 
 (model text with the "```output" blocks of the interpreter spliced in). ``scorer`` is any
 object with ``score(conversations) -> np.ndarray`` float32 ``[len(conversations)]``, each
 conversation a ChatML messages list [system, user, assistant] ending with the response.
+
+In a multi-process run every process makes the same sampler and scorer calls; the writer
+process alone grades (every process gets its grades) and writes a round's files.
 """
 
 import dataclasses
@@ -151,8 +154,9 @@ def sample_and_grade(sampler, problems: Sequence[sources.Problem], cfg: SampleCo
     if len(completions) != len(batch) or any(len(c) != cfg.n for c in completions):
       raise ValueError(f"sampler returned {[len(c) for c in completions]} completions for "
                        f"{len(batch)} prompts x n={cfg.n}")
-    graded = [grade(p, cfg.prompt_type, [c.text for c in row], [c.finish_reason for c in row],
-                    cfg.grade_timeout) for p, row in zip(batch, completions)]
+    graded = parallel.on_writer(lambda: [  # graded once, the same on every process
+        grade(p, cfg.prompt_type, [c.text for c in row], [c.finish_reason for c in row],
+              cfg.grade_timeout) for p, row in zip(batch, completions)])
     if scorer is not None:
       score_all(scorer, graded)
     out.extend(graded)
