@@ -6,10 +6,13 @@ eval and sampling-round host steps on one (data, fsdp, tensor) = (2, 2, 2) mesh:
   file once, with the records and results of one process;
 - a round's output files are written once and readable by every process when it returns;
 - the TIR loop runs each round's programs on process 0 only: every process continues with
-  process 0's output.
+  process 0's output;
+- the eval stage through `main.run` (a tiny sentencepiece model's checkpoint, run and resumed)
+  writes its files once, as one process does.
 
 Run as a script, this file is one worker:
-`python test_rl_multiprocess.py PORT PROCESS_ID WORKDIR DATA_DIR`.
+`python test_rl_multiprocess.py PORT PROCESS_ID WORKDIR DATA_DIR [TOKENIZER PARAMS_DIR]`
+(with the last two it runs the eval stage, else `run_all`).
 """
 
 import json
@@ -199,27 +202,39 @@ def run_all(workdir: pathlib.Path, data_dir: str) -> dict:
           "device_count": jax.device_count(), "local_device_count": jax.local_device_count()}
 
 
+def eval_stage(workdir: pathlib.Path, data_dir: str, tokenizer_path: str,
+               params_dir: str) -> dict:
+  """The eval stage (greedy CoT on the mesh) on 2 problems, then resumed to all of them."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from conftest import load_config
+  from qmath_jax import main
+  # pylint: enable=g-import-not-at-top
+  config = load_config("eval.py")
+  config.tokenizer.path, config.init.params_dir = tokenizer_path, params_dir
+  config.model.dtype = "float32"
+  config.mesh.shape = MESH_SHAPE
+  config.eval.update(datasets=("gsm8k",), data_dir=data_dir, max_new_tokens=8, limit=2)
+  first = main.run(config, str(workdir))
+  config.eval.limit = NUM_PROBLEMS
+  return {"first": first, "second": main.run(config, str(workdir)),
+          "process_count": jax.process_count()}
+
+
 def _eval_records(workdir: pathlib.Path) -> list[dict]:
   lines = (workdir / "eval" / "samples" / "gsm8k.jsonl").read_text().splitlines()
   return [json.loads(line) for line in lines]
 
 
-@pytest.mark.slow  # three JAX start-ups and compiles: about two minutes on two shared cores
-def test_two_processes_match_one_process(tmp_path):
+def _two_workers(*args: str) -> list[dict]:
+  """Runs this file as process 0 and 1 of a localhost run; their last stdout lines as JSON."""
   import portpicker  # pylint: disable=g-import-not-at-top
-
-  data_dir = tmp_path / "data"
-  write_eval_data(data_dir)
-  two, one = tmp_path / "two", tmp_path / "one"
-  two.mkdir()
-  one.mkdir()
   port = portpicker.pick_unused_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=4",
              PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
-  workers = [subprocess.Popen([sys.executable, __file__, str(port), str(pid), str(two),
-                               str(data_dir)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+  workers = [subprocess.Popen([sys.executable, __file__, str(port), str(pid), *args], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for pid in range(2)]
   results = []
   try:
@@ -231,6 +246,17 @@ def test_two_processes_match_one_process(tmp_path):
     for worker in workers:
       if worker.poll() is None:
         worker.kill()
+  return results
+
+
+@pytest.mark.slow  # three JAX start-ups and compiles: about 90 s on two shared cores
+def test_two_processes_match_one_process(tmp_path):
+  data_dir = tmp_path / "data"
+  write_eval_data(data_dir)
+  two, one = tmp_path / "two", tmp_path / "one"
+  two.mkdir()
+  one.mkdir()
+  results = _two_workers(str(two), str(data_dir))
   import jax  # pylint: disable=g-import-not-at-top
   assert jax.process_count() == 1 and jax.device_count() == 8
   for result in results:
@@ -282,14 +308,35 @@ def test_two_processes_match_one_process(tmp_path):
     assert all("ran on process 0" in text for row in result["tir"]["texts"] for text in row)
 
 
-def _worker(port: int, process_id: int, workdir: str, data_dir: str) -> None:
+@pytest.mark.slow  # three JAX start-ups and compiles: about 90 s on two shared cores
+def test_eval_stage_on_two_processes_writes_once(tiny_decoder, tmp_path):
+  data_dir = tmp_path / "data"
+  write_eval_data(data_dir)
+  tokenizer_path, params_dir, _ = tiny_decoder
+  two, one = tmp_path / "two", tmp_path / "one"
+  results = _two_workers(str(two), str(data_dir), tokenizer_path, params_dir)
+  single = eval_stage(one, str(data_dir), tokenizer_path, params_dir)
+  for result in results:
+    assert result["process_count"] == 2
+    assert (result["first"], result["second"]) == (single["first"], single["second"])
+  lines = (two / "samples" / "gsm8k.jsonl").read_text().splitlines()
+  assert [json.loads(line)["index"] for line in lines] == list(range(NUM_PROBLEMS))
+  for name in ("samples/gsm8k.jsonl", "eval_results.json", "eval_report.md"):
+    assert (two / name).read_text() == (one / name).read_text(), name
+  assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+def _worker(port: int, process_id: int, workdir: str, data_dir: str, *stage_inputs) -> None:
   from qmath_jax import parallel  # pylint: disable=g-import-not-at-top
   assert parallel.initialize_distributed(f"localhost:{port}", 2, process_id, timeout_s=120)
   import jax  # pylint: disable=g-import-not-at-top
-  result = run_all(pathlib.Path(workdir), data_dir)
+  if stage_inputs:
+    result = eval_stage(pathlib.Path(workdir), data_dir, *stage_inputs)
+  else:
+    result = run_all(pathlib.Path(workdir), data_dir)
   print(json.dumps(result))
   jax.distributed.shutdown()
 
 
 if __name__ == "__main__":
-  _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+  _worker(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:])
