@@ -308,7 +308,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert all("ran on process 0" in text for row in result["tir"]["texts"] for text in row)
 
 
-@pytest.mark.slow  # three JAX start-ups and compiles: about 90 s on two shared cores
+@pytest.mark.slow  # three JAX start-ups and compiles: about 30 s on two shared cores
 def test_eval_stage_on_two_processes_writes_once(tiny_decoder, tmp_path):
   data_dir = tmp_path / "data"
   write_eval_data(data_dir)
