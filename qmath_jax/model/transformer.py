@@ -65,7 +65,10 @@ class Transformer(nn.Module):
 
     embedding = self.param("embedding", _init(("vocab", "embed")),
                            (cfg.vocab_size, cfg.hidden_size), cfg.weight_dtype)
-    x = jnp.take(embedding, tokens, axis=0).astype(cfg.compute_dtype)
+    # The lookup reads rows split over vocabulary shards only (as FSDP gathers any weight
+    # before use), so its output comes out split like the tokens: batch over the batch axes.
+    table = nn.with_logical_constraint(embedding, ("vocab", None))
+    x = jnp.take(table, tokens, axis=0).astype(cfg.compute_dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
     if cache is None:
