@@ -498,7 +498,7 @@ def run_eval_stage(config, workdir: str) -> dict:
   score_fn = None
   if config.scorer.rm_checkpoint:  # RM@N: each problem's best response by the RM's score
     score_fn = _rm_scorer(config.scorer.rm_checkpoint, tokenizer, config.scorer.batch_size,
-                          config.scorer.max_length).score_completions
+                          config.scorer.max_length, sampler.mesh).score_completions
   with _prompt_sampler(config, sampler, tokenizer, eval_config.prompt_type) as prompt_sampler:
     results = runner.run_eval(prompt_sampler, workdir, eval_config, score_fn)
   return {"metric": results["metric"], "averages": results["averages"],
@@ -583,7 +583,8 @@ def run_sample_stage(config, workdir: str) -> dict:
   with _prompt_sampler(config, sampler, tokenizer, sample_cfg.prompt_type) as prompt_sampler:
     if config.task == "sft":
       scorer = _rm_scorer(config.scorer.rm_checkpoint, tokenizer, config.scorer.batch_size,
-                          config.scorer.max_length) if config.scorer.rm_checkpoint else None
+                          config.scorer.max_length,
+                          sampler.mesh) if config.scorer.rm_checkpoint else None
       summary = rejection.rejection_round(
           prompt_sampler, problems, workdir, sample_cfg,
           rejection.RejectionConfig(**config.rejection.to_dict()), scorer)
@@ -598,12 +599,13 @@ def run_sample_stage(config, workdir: str) -> dict:
           "summary": summary}
 
 
-def _rm_scorer(run_dir: str, tokenizer, batch_size: int, max_length: int):
-  """`rl.rewards.RewardModelScorer` over the latest checkpoint of an rm run."""
+def _rm_scorer(run_dir: str, tokenizer, batch_size: int, max_length: int, mesh):
+  """`rl.rewards.RewardModelScorer` over the latest checkpoint of an rm run, sharded on `mesh`
+  (the stage's: rows over its batch axes, the RM's weights by the logical-axis rules)."""
   from qmath_jax.rl import rewards  # pylint: disable=g-import-not-at-top
-  model_cfg, params, _ = _latest_run_params(run_dir)
+  model_cfg, params, _ = _latest_run_params(run_dir, mesh)
   return rewards.RewardModelScorer(model_cfg, params, tokenizer, batch_size=batch_size,
-                                   max_length=max_length)
+                                   max_length=max_length, mesh=mesh)
 
 
 # ----------------------------------------------------------------------------- rl stage
@@ -690,7 +692,7 @@ def run_rl_stage(config, workdir: str) -> dict:
   train_step = grpo.make_grpo_step(model_cfg, optimizer, grpo_cfg, mesh=mesh,
                                    state_shardings=shardings, learning_rate_fn=schedule)
   scorer = _rm_scorer(config.scorer.rm_checkpoint, tokenizer, config.scorer.batch_size,
-                      config.scorer.max_length) if config.scorer.rm_checkpoint else None
+                      config.scorer.max_length, mesh) if config.scorer.rm_checkpoint else None
   problems = _problems(config)
   sampler = sampler_lib.Sampler(model_cfg, ref_params, tokenizer, mesh=mesh)
   meta = {"stage": "rl", MODEL_META: dataclasses.asdict(model_cfg),
@@ -725,10 +727,12 @@ def run_rl_stage(config, workdir: str) -> dict:
 ACCURACY_FILE = "accuracy.json"
 
 
-def _latest_run_params(run_dir: str):
-  """(ModelConfig, params on one device, step) of a run directory's latest checkpoint.
+def _latest_run_params(run_dir: str, mesh=None):
+  """(ModelConfig, params, step) of a run directory's latest checkpoint.
 
-  The params are the decoder's, or for an rm run the reward model's (backbone + score head).
+  The params are the decoder's, or for an rm run the reward model's (backbone + score head):
+  on one local device, or with `mesh` sharded over it by the logical-axis rules (a model too
+  large for one device; a mesh spanning several processes).
   """
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(run_dir, loop.CHECKPOINT_DIR))
   try:
@@ -739,12 +743,17 @@ def _latest_run_params(run_dir: str):
   finally:
     checkpointer.close()
   model_cfg = model_config.ModelConfig(**meta[MODEL_META])
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   _, init, _ = _stage_model(meta.get("stage", "sft"), model_cfg)
-  abstract = jax.eval_shape(lambda: nn.unbox(init(jax.random.key(0))))
+  boxed = jax.eval_shape(lambda: init(jax.random.key(0)))
+  abstract = nn.unbox(boxed)
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract)
+  else:
+    shardings = rules_lib.tree_shardings(boxed, mesh)
   params = checkpoint_lib.restore_params(
       os.path.join(run_dir, loop.CHECKPOINT_DIR),
-      checkpoint_lib.abstract_with_shardings(abstract, jax.tree.map(lambda _: device, abstract)))
+      checkpoint_lib.abstract_with_shardings(abstract, shardings))
   return model_cfg, params, step
 
 
@@ -754,7 +763,8 @@ def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, see
 
   The problems come from the generator's "test" split (disjoint from training); each answer
   is the extracted final answer, graded with `evaluation.grader.math_equal`. Writes
-  `{"accuracy", "correct", "total", "step", "examples": [...]}` to `out_path` (temp + rename).
+  `{"accuracy", "correct", "total", "step", "examples": [...]}` to `out_path` (temp + rename,
+  by the writer process only).
   """
   from qmath_jax.evaluation import extract  # pylint: disable=g-import-not-at-top
   from qmath_jax.evaluation import grader  # pylint: disable=g-import-not-at-top
@@ -774,10 +784,8 @@ def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, see
   correct = sum(e["correct"] for e in examples)
   report = {"accuracy": correct / len(examples), "correct": correct, "total": len(examples),
             "step": step, "examples": examples}
-  tmp = out_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, out_path)
+  hosts.write_once(lambda: records.write_atomic(out_path, json.dumps(report, indent=1)),
+                   "accuracy report written")
   logging.info("greedy accuracy on %d held-out problems: %.3f", len(examples),
                report["accuracy"])
   return report

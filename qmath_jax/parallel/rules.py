@@ -6,7 +6,8 @@ replicated. Flax applies the rules in order and never uses one mesh axis twice i
 activation `[batch, length, embed]` keeps `fsdp` for the batch and leaves `embed` whole.
 """
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -111,3 +112,15 @@ def tree_shardings(abstract_tree: Any, mesh: Mesh,
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Sharding of batch arrays: leading dimension over ('data', 'fsdp'), the rest whole."""
   return NamedSharding(mesh, PartitionSpec(mesh_lib.BATCH_AXES))
+
+
+@contextlib.contextmanager
+def on_mesh(mesh: Mesh | None, rules: LogicalRules = LOGICAL_AXIS_RULES) -> Iterator[None]:
+  """Runs (and traces) model code on `mesh` as the train step does: under `jax.set_mesh`, so
+  Pallas attention runs per shard, and with `rules`, so the model's activation constraints
+  shard by them instead of leaving XLA to reshard whole tensors. No-op without a mesh."""
+  if mesh is None:
+    yield
+    return
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield

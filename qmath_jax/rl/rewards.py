@@ -180,7 +180,8 @@ class RewardModelScorer:
         tokens[r, :len(ids)] = ids
         positions[r, :len(ids)] = np.arange(len(ids))
         segment_ids[r, :len(ids)] = 1
-      scores = _scores(self.params, self._put(tokens), self._put(positions),
-                       self._put(segment_ids), cfg=self.cfg, mesh=self.mesh)
+      with parallel.on_mesh(self.mesh):
+        scores = _scores(self.params, self._put(tokens), self._put(positions),
+                         self._put(segment_ids), cfg=self.cfg, mesh=self.mesh)
       out[rows] = np.asarray(scores, np.float32)[:len(rows)]
     return out

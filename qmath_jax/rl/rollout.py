@@ -261,7 +261,8 @@ def reference_logprobs(model_config: ModelConfig, ref_params, batch: dict,
     chunk = slice(start, min(start + size, rows))
     pad = size - (chunk.stop - chunk.start)
     fill = lambda x: put(np.concatenate([x[chunk], np.zeros((pad,) + x.shape[1:], x.dtype)]))
-    logprobs = _target_logprobs(ref_params, fill(tokens), fill(positions), fill(segment_ids),
-                                cfg=model_config, mesh=mesh)
+    with parallel.on_mesh(mesh):
+      logprobs = _target_logprobs(ref_params, fill(tokens), fill(positions), fill(segment_ids),
+                                  cfg=model_config, mesh=mesh)
     out[chunk] = np.asarray(logprobs, np.float32)[:size - pad]
   return out
