@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from qmath_jax import parallel
 from qmath_jax.data import chat
 from qmath_jax.model import presets
 from qmath_jax.rl import rewards
@@ -96,6 +97,18 @@ def test_scorer_equals_a_direct_forward_whatever_the_batch(rm_params):
       CONVERSATIONS[::-1])
   np.testing.assert_allclose(reversed_[::-1], want, rtol=0, atol=1e-5)
   assert scorer.score([]).shape == (0,)
+
+
+def test_scorer_on_a_mesh_equals_one_device(rm_params):
+  """Rows over data x fsdp, RM weights by the logical rules (as main loads them): same scores."""
+  mesh = parallel.make_mesh((2, 2, 2))
+  rm = reward_model.make_reward_model(CFG)
+  boxed = jax.eval_shape(lambda: rm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+  sharded = jax.device_put(rm_params, parallel.tree_shardings(boxed, mesh))
+  scorer = rewards.RewardModelScorer(CFG, sharded, TOKENIZER, batch_size=3, mesh=mesh)
+  assert scorer.batch_size == 4  # rounded up to the 4 row shards
+  np.testing.assert_allclose(scorer.score(CONVERSATIONS), _direct_scores(rm_params), rtol=0,
+                             atol=1e-5)
 
 
 def test_scorer_rejects_long_conversations_naming_index_and_lengths(rm_params):

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from qmath_jax import parallel
 from qmath_jax.data.sources import Problem
 from qmath_jax.model import Transformer, get_config, init_params
 from qmath_jax.rl import rewards, rollout as rollout_lib
@@ -140,6 +141,17 @@ def test_reference_logprobs_in_chunks_equal_one_forward(params, built):
   assert whole.dtype == np.float32 and whole.shape == batch["tokens"].shape
   np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6)
   assert np.all(whole[batch["segment_ids"] == 0] == 0) and np.all(whole[:, 0] == 0)
+
+
+def test_reference_logprobs_on_a_mesh_equal_one_device(params, built):
+  """Rows split over data x fsdp, weights by the logical rules: the same log-probs."""
+  _, batch, _ = built
+  mesh = parallel.make_mesh((2, 2, 2))
+  boxed = jax.eval_shape(lambda: init_params(CFG, jax.random.key(0), boxed=True))
+  sharded = jax.device_put(params, parallel.tree_shardings(boxed, mesh))
+  on_mesh = rollout_lib.reference_logprobs(CFG, sharded, batch, batch_size=5, mesh=mesh)
+  np.testing.assert_allclose(on_mesh, rollout_lib.reference_logprobs(CFG, params, batch),
+                             rtol=0, atol=1e-5)
 
 
 class ScriptedSampler:
