@@ -48,3 +48,35 @@ def load_config(name, arg=None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def run_local_workers(script, *args, timeout_s=300, processes=2, devices_per_process=4):
+  """Runs `script PORT PROCESS_ID *args` as the processes of one localhost jax.distributed run.
+
+  Each worker gets `devices_per_process` CPU devices; returns each worker's last stdout line,
+  parsed as JSON, in process order. A worker that fails fails the test with its stderr tail.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  import portpicker  # pylint: disable=g-import-not-at-top
+
+  port = portpicker.pick_unused_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+             PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+  workers = [subprocess.Popen([sys.executable, script, str(port), str(pid), *map(str, args)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in range(processes)]
+  results = []
+  try:
+    for worker in workers:
+      stdout, stderr = worker.communicate(timeout=timeout_s)
+      assert worker.returncode == 0, f"worker failed:\n{stderr[-3000:]}"
+      results.append(json.loads(stdout.strip().splitlines()[-1]))
+  finally:
+    for worker in workers:
+      if worker.poll() is None:
+        worker.kill()
+  return results

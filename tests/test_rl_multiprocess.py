@@ -16,14 +16,13 @@ Run as a script, this file is one worker:
 """
 
 import json
-import os
 import pathlib
 import string
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import run_local_workers
 
 MESH_SHAPE = (2, 2, 2)
 NUM_PROBLEMS, GROUP_SIZE, MINIBATCH_ROWS, MAX_NEW_TOKENS = 4, 4, 8, 6
@@ -228,25 +227,7 @@ def _eval_records(workdir: pathlib.Path) -> list[dict]:
 
 def _two_workers(*args: str) -> list[dict]:
   """Runs this file as process 0 and 1 of a localhost run; their last stdout lines as JSON."""
-  import portpicker  # pylint: disable=g-import-not-at-top
-  port = portpicker.pick_unused_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
-  workers = [subprocess.Popen([sys.executable, __file__, str(port), str(pid), *args], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for pid in range(2)]
-  results = []
-  try:
-    for worker in workers:
-      stdout, stderr = worker.communicate(timeout=WORKER_TIMEOUT_S)
-      assert worker.returncode == 0, f"worker failed:\n{stderr[-3000:]}"
-      results.append(json.loads(stdout.strip().splitlines()[-1]))
-  finally:
-    for worker in workers:
-      if worker.poll() is None:
-        worker.kill()
-  return results
+  return run_local_workers(__file__, *args, timeout_s=WORKER_TIMEOUT_S)
 
 
 @pytest.mark.slow  # three JAX start-ups and compiles: about 90 s on two shared cores

@@ -8,12 +8,11 @@ Run as a script, this file is one worker: `python test_sampler_multiprocess.py P
 """
 
 import json
-import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import run_local_workers
 
 MESH_SHAPE = (2, 2, 2)  # rows over both processes' devices, weights and KV heads over 'tensor'
 PROMPTS = ["x=1+2", "abc def gh(", "7*8"]
@@ -82,25 +81,7 @@ def _assert_same(got: dict, want: dict) -> None:
 
 @pytest.mark.slow  # three JAX start-ups and compiles: about a minute on two shared cores
 def test_two_processes_match_one_process_and_one_device():
-  import portpicker  # pylint: disable=g-import-not-at-top
-
-  port = portpicker.pick_unused_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
-  workers = [subprocess.Popen([sys.executable, __file__, str(port), str(pid)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for pid in range(2)]
-  results = []
-  try:
-    for worker in workers:
-      stdout, stderr = worker.communicate(timeout=WORKER_TIMEOUT_S)
-      assert worker.returncode == 0, f"worker failed:\n{stderr[-3000:]}"
-      results.append(json.loads(stdout.strip().splitlines()[-1]))
-  finally:
-    for worker in workers:
-      if worker.poll() is None:
-        worker.kill()
+  results = run_local_workers(__file__, timeout_s=WORKER_TIMEOUT_S)
   import jax  # pylint: disable=g-import-not-at-top
   assert jax.process_count() == 1 and jax.device_count() == 8
   for result in results:
