@@ -78,7 +78,7 @@ def get_config(arg=None):
   c.pretrain.checkpoint.best_metric = ""
 
   c.sft = _stage("sft", quick)
-  c.sft.data.seq_len = 384  # two or three conversations of 90-200 tokens per row
+  c.sft.data.seq_len = 384  # a conversation is 90-270 tokens (1-2 to 2-4 step problems)
   c.sft.data.batch_size = 8
   c.sft.init.checkpoint = "pretrain"  # relative: the pipeline's own pretrain stage
   c.sft.data.num_examples = 200 if quick else 2000
