@@ -63,6 +63,10 @@ def get_config(arg=None):
   c.stage = "pipeline"
   c.seed = 0
   c.stages = ("pretrain", "sft", "rm", "rl")
+  # Problems a 0.14M-parameter model can learn in minutes: 1-2 steps, every number <= 20
+  # (`synthetic.SyntheticConfig`; every stage and the accuracy report use these knobs).
+  c.synthetic = ml_collections.ConfigDict(
+      dict(min_steps=1, max_steps=2, max_operand=9, max_value=20))
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""
   c.tokenizer.train_vocab_size = 384 if quick else 512
@@ -127,9 +131,9 @@ def get_config(arg=None):
   c.rl.optim.end_lr = 1e-4
   c.rl.checkpoint.every = 4
 
-  # Greedy accuracy of the final (RL) model on held-out synthetic problems (sampler + grader).
+  # Greedy accuracy of the SFT and the RL model on held-out synthetic problems (sampler + grader).
   c.report = ml_collections.ConfigDict()
-  c.report.stage = "rl"
+  c.report.stages = ("sft", "rl")
   c.report.num_problems = 8 if quick else 64
   c.report.max_new_tokens = 32 if quick else 128
   return c

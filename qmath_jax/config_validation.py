@@ -12,6 +12,7 @@ from typing import Any
 
 import ml_collections
 
+from qmath_jax.data import synthetic
 from qmath_jax.model import config as model_config
 from qmath_jax.model import presets
 from qmath_jax.parallel import mesh as mesh_lib
@@ -223,6 +224,11 @@ def validate(config, stages: Collection[str], num_devices: int,
   """
   c = _Checker(config)
   stage = c.string("stage")
+  if c._lookup("synthetic") not in (_MISSING, None):  # the synthetic generator's knobs
+    try:
+      synthetic.SyntheticConfig(**c._lookup("synthetic").to_dict())
+    except (TypeError, ValueError) as e:
+      c.fail("synthetic", str(e))
   if stage is not None and stage not in stages:
     c.fail("stage", f"unknown stage {stage!r}; known stages: {', '.join(sorted(stages))}")
   elif stage in (stage_checks or {}):
@@ -255,10 +261,11 @@ def validate(config, stages: Collection[str], num_devices: int,
                          pipeline_stages=tuple(names[:i]))
       c.problems.extend(sub_checker.problems)
   if stage == "pipeline" and c._lookup("report") is not _MISSING:
-    report_stage = c.string("report.stage")
-    if report_stage is not None and names and report_stage not in names:
-      c.fail("report.stage", f"expected one of the pipeline's stages {list(names)}, got "
-             f"{report_stage!r}")
+    report_stages = c.get("report.stages")
+    if (not isinstance(report_stages, (tuple, list)) or not report_stages
+        or any(s not in names for s in report_stages)):
+      c.fail("report.stages", f"expected some of the pipeline's stages {list(names)}, got "
+             f"{report_stages!r}")
     c.int("report.num_problems", minimum=0)
     c.int("report.max_new_tokens", minimum=1)
   if c.problems:

@@ -93,13 +93,15 @@ def register_stage(name: str, check: Callable[[ml_collections.ConfigDict], list[
 def _stage_texts(config) -> list[str]:
   """Text a tokenizer for this stage is trained on: its documents or rendered conversations."""
   if config.stage == "pretrain":
-    return _pretrain_texts(config.data.source, config.data.num_examples, config.seed)
+    return _pretrain_texts(config.data.source, config.data.num_examples, config.seed,
+                           synthetic_cfg=synthetic_config(config))
   if config.stage == "rm":
     return [chat.render(row["messages"] + [{"role": "assistant", "content": r}])
             for row in _rm_lists(config, config.data.source, config.data.num_examples)
             for r in row["responses"]]
   return [chat.render(c["messages"])
-          for c in _conversations(config.data.source, config.data.num_examples, config.seed)]
+          for c in _conversations(config.data.source, config.data.num_examples, config.seed,
+                                  synthetic_cfg=synthetic_config(config))]
 
 
 def _tokenizer(config, workdir: str):
@@ -116,12 +118,19 @@ def _tokenizer(config, workdir: str):
 # ----------------------------------------------------------------------------- data
 
 
-def _pretrain_texts(source: str, num_examples: int, seed: int, split: str = "train"):
+def synthetic_config(config) -> synthetic.SyntheticConfig:
+  """The synthetic generator's difficulty knobs from `config.synthetic` (defaults if absent)."""
+  knobs = config.get("synthetic")
+  return synthetic.SyntheticConfig(**knobs.to_dict()) if knobs else synthetic.SyntheticConfig()
+
+
+def _pretrain_texts(source: str, num_examples: int, seed: int, split: str = "train", *,
+                    synthetic_cfg=synthetic.SyntheticConfig()):
   if source == config_validation.SYNTHETIC:
     if split == "train":
-      return synthetic.corpus(num_examples, seed=seed)
+      return synthetic.corpus(num_examples, seed=seed, cfg=synthetic_cfg)
     return [f"Question: {p.question}\nAnswer: {p.solution}"
-            for p in synthetic.generate(num_examples, seed=seed, split=split)]
+            for p in synthetic.generate(num_examples, seed=seed, split=split, cfg=synthetic_cfg)]
   bad_rows = records.BadRows()
   texts = []
   for line_no, row in records.read_jsonl(source, bad_rows):
@@ -133,9 +142,11 @@ def _pretrain_texts(source: str, num_examples: int, seed: int, split: str = "tra
   return texts
 
 
-def _conversations(source: str, num_examples: int, seed: int, split: str = "train"):
+def _conversations(source: str, num_examples: int, seed: int, split: str = "train", *,
+                   synthetic_cfg=synthetic.SyntheticConfig()):
   if source == config_validation.SYNTHETIC:
-    return pipelines.sft_conversations(synthetic.generate(num_examples, seed=seed, split=split))
+    return pipelines.sft_conversations(synthetic.generate(num_examples, seed=seed, split=split,
+                                                          cfg=synthetic_cfg))
   bad_rows = records.BadRows()
   examples = pipelines.load_conversations(source, bad_rows)
   _report_bad_rows(source, bad_rows)
@@ -145,7 +156,8 @@ def _conversations(source: str, num_examples: int, seed: int, split: str = "trai
 def _rm_lists(config, source: str, num_examples: int, split: str = "train"):
   """RM lists: planted errors in synthetic problems, or a jsonl of sampled, graded responses."""
   if source == config_validation.SYNTHETIC:
-    problems = synthetic.generate(num_examples, seed=config.seed, split=split)
+    problems = synthetic.generate(num_examples, seed=config.seed, split=split,
+                                  cfg=synthetic_config(config))
     return pipelines.planted_rm_lists(problems, list_size=config.data.list_size,
                                       seed=config.seed)
   bad_rows = records.BadRows()
@@ -167,12 +179,14 @@ def _pipeline(config, tokenizer, source, num_examples, *, split, per_host_batch,
       num_epochs=epochs, shuffle=shuffle,
       num_packing_bins=config.data.num_packing_bins or None)
   if config.stage == "pretrain":
-    texts = _pretrain_texts(source, num_examples, config.seed, split)
+    texts = _pretrain_texts(source, num_examples, config.seed, split,
+                            synthetic_cfg=synthetic_config(config))
     return pipelines.pretrain_pipeline(texts, tokenizer, cfg)
   if config.stage == "rm":
     return pipelines.rm_pipeline(_rm_lists(config, source, num_examples, split), tokenizer, cfg,
                                  list_size=config.data.list_size)
-  return pipelines.sft_pipeline(_conversations(source, num_examples, config.seed, split),
+  return pipelines.sft_pipeline(_conversations(source, num_examples, config.seed, split,
+                                               synthetic_cfg=synthetic_config(config)),
                                 tokenizer, cfg, mask_tool_outputs=config.data.mask_tool_outputs)
 
 
@@ -377,8 +391,8 @@ def run_pipeline(config, workdir: str) -> dict:
   conversations; every stage then uses it. A stage's `init.checkpoint` naming an earlier
   stage ("pretrain") means that stage's run directory, and so does a `scorer.rm_checkpoint`
   naming one ("rm"). With `report.num_problems` > 0, the
-  greedy accuracy of stage `report.stage` on held-out synthetic problems ends the pipeline
-  (`<workdir>/accuracy.json`).
+  greedy accuracy of each stage in `report.stages` on held-out synthetic problems ends the
+  pipeline (`<workdir>/accuracy.json`, one report per stage: SFT then RL, say).
   """
   os.makedirs(workdir, exist_ok=True)
   tokenizer_path = config.tokenizer.path
@@ -386,15 +400,19 @@ def run_pipeline(config, workdir: str) -> dict:
     tokenizer_path = os.path.join(workdir, TOKENIZER_FILE)
     if not os.path.exists(tokenizer_path):
       n = config.tokenizer.num_documents
-      texts = synthetic.corpus(n, seed=config.seed) + [
+      knobs = synthetic_config(config)
+      texts = synthetic.corpus(n, seed=config.seed, cfg=knobs) + [
           chat.render(c["messages"])
-          for c in pipelines.sft_conversations(synthetic.generate(n, seed=config.seed))]
+          for c in pipelines.sft_conversations(synthetic.generate(n, seed=config.seed,
+                                                                  cfg=knobs))]
       tokenizer_lib.train_sentencepiece(texts, config.tokenizer.train_vocab_size,
                                         tokenizer_path)
   results = {}
   for name in config.stages:
     sub = ml_collections.ConfigDict(config[name].to_dict())
     sub.tokenizer.path = tokenizer_path
+    if config.get("synthetic"):
+      sub.synthetic = config.synthetic
     if sub.init.checkpoint in config.stages:
       sub.init.checkpoint = os.path.join(workdir, sub.init.checkpoint)
     if sub.get("scorer") and sub.scorer.rm_checkpoint in config.stages:
@@ -411,11 +429,15 @@ def run_pipeline(config, workdir: str) -> dict:
       return results
   report = config.get("report")
   if report is not None and report.num_problems:
-    accuracy = greedy_accuracy(
-        os.path.join(workdir, report.stage), tokenizer_path, num_problems=report.num_problems,
+    reports = {stage: greedy_accuracy(
+        os.path.join(workdir, stage), tokenizer_path, num_problems=report.num_problems,
         seed=config.seed, max_new_tokens=report.max_new_tokens,
-        out_path=os.path.join(workdir, ACCURACY_FILE))
-    results["accuracy"] = {k: accuracy[k] for k in ("accuracy", "correct", "total", "step")}
+        synthetic_cfg=synthetic_config(config)) for stage in report.stages}
+    path = os.path.join(workdir, ACCURACY_FILE)
+    hosts.write_once(lambda: records.write_atomic(path, json.dumps(reports, indent=1)),
+                     "accuracy report written")
+    results["accuracy"] = {stage: {k: r[k] for k in ("accuracy", "correct", "total", "step")}
+                           for stage, r in reports.items()}
   return results
 
 
@@ -557,7 +579,8 @@ def _problems(config, keep_empty_answers: bool = False) -> list:
   problems = []
   for name in config.data.sources:
     if name == config_validation.SYNTHETIC:
-      problems += synthetic.generate(config.data.num_examples, seed=config.seed)
+      problems += synthetic.generate(config.data.num_examples, seed=config.seed,
+                                     cfg=synthetic_config(config))
     elif name.endswith(".jsonl"):
       problems += sources.load_jsonl_problems(name)
     else:
@@ -758,13 +781,12 @@ def _latest_run_params(run_dir: str, mesh=None):
 
 
 def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, seed: int,
-                    max_new_tokens: int, out_path: str) -> dict:
+                    max_new_tokens: int, synthetic_cfg=synthetic.SyntheticConfig()) -> dict:
   """Greedy CoT accuracy of a run's latest params on held-out synthetic problems.
 
   The problems come from the generator's "test" split (disjoint from training); each answer
-  is the extracted final answer, graded with `evaluation.grader.math_equal`. Writes
-  `{"accuracy", "correct", "total", "step", "examples": [...]}` to `out_path` (temp + rename,
-  by the writer process only).
+  is the extracted final answer, graded with `evaluation.grader.math_equal`. Returns
+  `{"accuracy", "correct", "total", "step", "examples": [...]}`.
   """
   from qmath_jax.evaluation import extract  # pylint: disable=g-import-not-at-top
   from qmath_jax.evaluation import grader  # pylint: disable=g-import-not-at-top
@@ -772,7 +794,7 @@ def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, see
   model_cfg, params, step = _latest_run_params(run_dir)
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
   sampler = sampler_lib.Sampler(model_cfg, params, tokenizer)
-  problems = synthetic.generate(num_problems, seed=seed, split="test")
+  problems = synthetic.generate(num_problems, seed=seed, split="test", cfg=synthetic_cfg)
   prompts = [chat.render(pipelines.prompt_messages(p), add_generation_prompt=True)
              for p in problems]
   completions = sampler.generate(prompts, temperature=0.0, max_new_tokens=max_new_tokens)
@@ -784,9 +806,7 @@ def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, see
   correct = sum(e["correct"] for e in examples)
   report = {"accuracy": correct / len(examples), "correct": correct, "total": len(examples),
             "step": step, "examples": examples}
-  hosts.write_once(lambda: records.write_atomic(out_path, json.dumps(report, indent=1)),
-                   "accuracy report written")
-  logging.info("greedy accuracy on %d held-out problems: %.3f", len(examples),
+  logging.info("greedy accuracy of %s on %d held-out problems: %.3f", run_dir, len(examples),
                report["accuracy"])
   return report
 

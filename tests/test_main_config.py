@@ -109,3 +109,11 @@ def test_a_joining_stage_brings_its_own_check(tmp_path, monkeypatch):
   config.size = 3
   main.run(config, str(tmp_path / "ok"))
   assert ran == [str(tmp_path / "ok")]
+
+
+def test_pipeline_report_stages_and_synthetic_knobs_are_checked(tmp_path):
+  config = load_config("demo.py", "quick=1")
+  config.report.stages = ("sft", "distill")
+  config.synthetic.max_steps = 0
+  _run_expecting(config, tmp_path, "config.report.stages: expected some of the pipeline's stages",
+                 "config.synthetic: need 1 <= min_steps <= max_steps, got 1, 0")

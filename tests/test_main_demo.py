@@ -50,7 +50,11 @@ def test_quick_demo_runs_every_stage(tmp_path):
   checkpointer = checkpoint_lib.Checkpointer(workdir / "rl" / loop.CHECKPOINT_DIR)
   assert checkpointer.read_meta()["stage"] == "rl"
   checkpointer.close()
-  accuracy = json.loads((workdir / "accuracy.json").read_text())
-  assert accuracy["total"] == 8 and accuracy["step"] == 2  # the RL model's last episode
-  assert accuracy["correct"] == sum(e["correct"] for e in accuracy["examples"])
-  assert all(e["id"].startswith("synthetic/test/") for e in accuracy["examples"])
+  reports = json.loads((workdir / "accuracy.json").read_text())
+  assert list(reports) == ["sft", "rl"]
+  assert reports["sft"]["step"] == 12 and reports["rl"]["step"] == 2  # each run's last step
+  for accuracy in reports.values():
+    assert accuracy["total"] == 8
+    assert accuracy["correct"] == sum(e["correct"] for e in accuracy["examples"])
+    assert all(e["id"].startswith("synthetic/test/") for e in accuracy["examples"])
+    assert all(int(e["gold"]) <= 20 for e in accuracy["examples"])  # the demo's easy knobs
