@@ -9,8 +9,9 @@ sees five times fewer tokens in the same time) on a synthetic corpus of worked p
 arithmetic drills, then SFTs it on synthetic problems with chain-of-thought solutions in the
 ChatML CoT template, reporting the loss on held-out problems, trains a reward model from the
 SFT model on graded response lists (with its loss on held-out lists), and runs GRPO from the
-SFT model with the verifier reward shaped by that reward model; it ends with the RL model's
-greedy accuracy on held-out problems. Each stage writes to `<workdir>/<stage>/` and resumes
+SFT model with the verifier reward shaped by that reward model; it ends with the SFT and the
+RL model's greedy accuracy on held-out problems (`accuracy.json`). The problems are easy ones
+(`c.synthetic`: 1-2 steps, numbers up to 20), which a model this small learns in minutes. Each stage writes to `<workdir>/<stage>/` and resumes
 where it stopped when run again. Variants: `--config=configs/demo.py:quick=1` shrinks
 everything for a smoke test.
 """
