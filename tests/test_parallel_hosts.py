@@ -16,7 +16,7 @@ from qmath_jax import parallel
 from qmath_jax.evaluation import runner
 from qmath_jax.parallel import hosts
 from qmath_jax.sampling import tir, types
-from qmath_jax.sampling.testing import TableTokenizer, default_table
+from qmath_jax.sampling.testing import CodeThenAnswerSampler, TableTokenizer, default_table
 
 
 def test_one_process_writes_and_gets_its_own_values():
@@ -115,27 +115,6 @@ def test_eval_on_another_process_writes_nothing_and_returns_the_results(monkeypa
   assert fake.barriers == ["read gsm8k.jsonl", "eval report written"] * 2
 
 
-class CodeSampler:
-  """Round 0 closes a python block at the fence; later rounds end the turn."""
-
-  def __init__(self, tokenizer):
-    self.tokenizer = tokenizer
-
-  def generate_ids(self, prompt_ids, n=1, **kwargs):
-    del kwargs
-    out = []
-    for ids in prompt_ids:
-      if "output" in self.tokenizer.decode(ids):
-        text, stop, ids_text = "ok", "<|im_end|>", "ok<|im_end|>"
-      else:
-        text, stop, ids_text = "```python\nx\n", tir.FENCE, "```python\nx\n```"
-      token_ids = self.tokenizer.encode(ids_text)
-      out.append([types.Completion(text=text, token_ids=token_ids,
-                                   logprobs=[0.0] * len(token_ids),
-                                   finish_reason=types.FINISH_STOP, stop=stop)] * n)
-    return out
-
-
 class Executor:
   def __init__(self, output: str):
     self.output, self.codes = output, []
@@ -150,13 +129,13 @@ class Executor:
 def test_tir_programs_run_on_the_writer_and_every_process_sees_its_output(monkeypatch):
   tokenizer = TableTokenizer(default_table(128))
   run = lambda executor: [[s.text for s in row] for row in tir.generate_tir(
-      CodeSampler(tokenizer), tokenizer, executor, ["q "], n=2)]
+      CodeThenAnswerSampler(tokenizer, "ok"), tokenizer, executor, ["q "], n=2)]
   alone_executor = Executor("1")
   alone = run(alone_executor)
-  assert alone == [["```python\nx\n```\n```output\n1\n```\nok"] * 2]
+  assert alone == [["```python\nprint(1)\n```\n```output\n1\n```\nok"] * 2]
   fake = FakeProcesses(monkeypatch)
   writer = Executor("1")
-  assert run(writer) == alone and writer.codes == alone_executor.codes == ["x\n", "x\n"]
+  assert run(writer) == alone and writer.codes == alone_executor.codes == ["print(1)\n"] * 2
   fake.be(1)
   other = Executor("2")  # the same program prints something else on process 1
   assert run(other) == alone and other.codes == []

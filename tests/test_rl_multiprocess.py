@@ -140,29 +140,6 @@ def round_files(out_dir: pathlib.Path) -> dict:
           "summary_file": json.loads((out_dir / graded.SUMMARY_FILE).read_text())}
 
 
-class _CodeThenAnswer:
-  """Round 0: a python block closed at the fence; later rounds: an answer ending the turn."""
-
-  def __init__(self, tokenizer):
-    self.tokenizer = tokenizer
-
-  def generate_ids(self, prompt_ids, n=1, *, seed=0, **kwargs):
-    from qmath_jax.sampling import tir, types  # pylint: disable=g-import-not-at-top
-    del seed, kwargs
-    out = []
-    for ids in prompt_ids:
-      if "```output" in self.tokenizer.decode(ids):
-        text, stop, ids_text = "so \\boxed{1}", "<|im_end|>", "so \\boxed{1}<|im_end|>"
-      else:
-        text, stop = "```python\nprint(1)\n", tir.FENCE
-        ids_text = text + tir.FENCE
-      token_ids = self.tokenizer.encode(ids_text)
-      out.append([types.Completion(text=text, token_ids=token_ids,
-                                   logprobs=[0.0] * len(token_ids),
-                                   finish_reason=types.FINISH_STOP, stop=stop)] * n)
-    return out
-
-
 class _ProcessExecutor:
   """A sandbox whose output names the process that ran it, and counts its runs."""
 
@@ -180,11 +157,11 @@ class _ProcessExecutor:
 
 def tir_run() -> dict:
   """The TIR loop over 2 prompts x 2 samples: transcripts and this process's sandbox runs."""
-  from qmath_jax.sampling import tir  # pylint: disable=g-import-not-at-top
+  from qmath_jax.sampling import testing, tir  # pylint: disable=g-import-not-at-top
   tokenizer = _tokenizer()
   executor = _ProcessExecutor()
-  samples = tir.generate_tir(_CodeThenAnswer(tokenizer), tokenizer, executor, ["q1 ", "q2 "],
-                             n=2, max_calls=2)
+  samples = tir.generate_tir(testing.CodeThenAnswerSampler(tokenizer), tokenizer, executor,
+                             ["q1 ", "q2 "], n=2, max_calls=2)
   return {"texts": [[s.text for s in row] for row in samples], "runs": executor.runs}
 
 

@@ -1,4 +1,4 @@
-"""A table tokenizer for tests and benchmarks of the sampler on tiny random models.
+"""Test doubles for the sampler: a table tokenizer for tiny random models, a scripted TIR model.
 
 Every id decodes to a fixed string from a table, so a test knows exactly which characters each
 token adds: stop strings that span tokens ("``" + "`\\n" completing "```") can be built on
@@ -81,3 +81,31 @@ def perturbed_params(cfg, seed: int = 0, scale: float = 0.1):
                                      for x, k in zip(leaves, keys)])
 
   return make(jax.random.key(seed), jax.random.key(seed + 1))
+
+
+class CodeThenAnswerSampler:
+  """A scripted TIR model (`sampling.tir.IdsSamplerLike`) for tests of the TIR loop's plumbing.
+
+  A context without an interpreter output block gets a python block printing 1, stopped at its
+  closing fence; a context with one gets `answer` and the end of the turn. Every sample of a
+  prompt is the same; log-probs are 0.
+  """
+
+  def __init__(self, tokenizer, answer: str = "so \\boxed{1}"):
+    self.tokenizer = tokenizer
+    self.answer = answer
+
+  def generate_ids(self, prompt_ids, n=1, **unused):
+    from qmath_jax.sampling import types  # pylint: disable=g-import-not-at-top
+    del unused
+    out = []
+    for ids in prompt_ids:
+      if chat.TOOL_OUTPUT_OPEN in self.tokenizer.decode(ids):
+        text, stop = self.answer, chat.IM_END
+      else:
+        text, stop = f"{chat.FENCE}{chat.TOOL_CODE_LANGUAGE}\nprint(1)\n", chat.FENCE
+      token_ids = self.tokenizer.encode(text + stop)
+      out.append([types.Completion(text=text, token_ids=token_ids,
+                                   logprobs=[0.0] * len(token_ids),
+                                   finish_reason=types.FINISH_STOP, stop=stop)] * n)
+    return out
