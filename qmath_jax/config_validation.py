@@ -263,7 +263,7 @@ def validate(config, stages: Collection[str], num_devices: int,
   if stage == "pipeline" and c._lookup("report") is not _MISSING:
     report_stages = c.get("report.stages")
     if (not isinstance(report_stages, (tuple, list)) or not report_stages
-        or any(s not in names for s in report_stages)):
+        or (names and any(s not in names for s in report_stages))):
       c.fail("report.stages", f"expected some of the pipeline's stages {list(names)}, got "
              f"{report_stages!r}")
     c.int("report.num_problems", minimum=0)

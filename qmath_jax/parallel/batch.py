@@ -2,7 +2,8 @@
 
 A global batch `[global_batch, ...]` is split over ('data', 'fsdp'). `local_rows` says which
 rows of the global batch this process must load; `shard_batch` assembles the global jax.Array
-from those local rows without any host ever holding the whole batch.
+from those local rows without any host ever holding the whole batch. `host_array_on_mesh` is
+the other case: an array every process holds whole and alike (the prompts every process samples).
 """
 
 from typing import Any
@@ -82,3 +83,16 @@ def shard_batch(local_batch: Any, mesh: Mesh, global_batch: int | None = None) -
     return jax.make_array_from_process_local_data(sharding, x, (global_batch,) + x.shape[1:])
 
   return jax.tree.map(one, local_batch)
+
+
+def host_array_on_mesh(x: np.ndarray, mesh: Mesh | None):
+  """`x`, which every process holds whole and alike, as a global array on `mesh`.
+
+  Rows are split over ('data', 'fsdp'). Each process fills only its own devices' shards from
+  its copy, so a mesh spanning several processes needs no transfer between them (and no check
+  that the copies agree). Without a mesh, `x` itself.
+  """
+  if mesh is None:
+    return x
+  x = np.asarray(x)
+  return jax.make_array_from_process_local_data(rules.batch_sharding(mesh), x, x.shape)

@@ -159,12 +159,6 @@ class RewardModelScorer:
       start += len(row)
     return out
 
-  def _put(self, x: np.ndarray):
-    """Host rows `[batch_size, length]` (the same on every process) split over the mesh."""
-    if self.mesh is None:
-      return x
-    return jax.make_array_from_process_local_data(parallel.batch_sharding(self.mesh), x, x.shape)
-
   def _score_ids(self, encoded: list[list[int]]) -> np.ndarray:
     out = np.zeros((len(encoded),), np.float32)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths together
@@ -181,7 +175,8 @@ class RewardModelScorer:
         positions[r, :len(ids)] = np.arange(len(ids))
         segment_ids[r, :len(ids)] = 1
       with parallel.on_mesh(self.mesh):
-        scores = _scores(self.params, self._put(tokens), self._put(positions),
-                         self._put(segment_ids), cfg=self.cfg, mesh=self.mesh)
+        put = lambda x: parallel.host_array_on_mesh(x, self.mesh)
+        scores = _scores(self.params, put(tokens), put(positions), put(segment_ids),
+                         cfg=self.cfg, mesh=self.mesh)
       out[rows] = np.asarray(scores, np.float32)[:len(rows)]
     return out

@@ -251,16 +251,12 @@ def reference_logprobs(model_config: ModelConfig, ref_params, batch: dict,
     shards = parallel.batch_shards(mesh)
     size = -(-size // shards) * shards
 
-  def put(x):
-    if mesh is None:
-      return x
-    return jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), x, x.shape)
-
   out = np.zeros(tokens.shape, np.float32)
   for start in range(0, rows, size):
     chunk = slice(start, min(start + size, rows))
     pad = size - (chunk.stop - chunk.start)
-    fill = lambda x: put(np.concatenate([x[chunk], np.zeros((pad,) + x.shape[1:], x.dtype)]))
+    fill = lambda x: parallel.host_array_on_mesh(
+        np.concatenate([x[chunk], np.zeros((pad,) + x.shape[1:], x.dtype)]), mesh)
     with parallel.on_mesh(mesh):
       logprobs = _target_logprobs(ref_params, fill(tokens), fill(positions), fill(segment_ids),
                                   cfg=model_config, mesh=mesh)

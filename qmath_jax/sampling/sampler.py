@@ -59,6 +59,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from qmath_jax.model.config import ModelConfig
+from qmath_jax.parallel import batch as parallel_batch
 from qmath_jax.parallel import mesh as mesh_lib
 from qmath_jax.sampling import filters, forward, stops, weights
 from qmath_jax.sampling.types import Completion
@@ -291,16 +292,9 @@ class Sampler:
       return
     self._weights = _prepare_sharded(self.cfg, self.layout, self.mesh)(params)
 
-  def _put(self, x: np.ndarray, batched: bool) -> jax.Array:
-    """The host array x (the same on every process) on the mesh, rows over the batch axes.
-
-    Each process fills only its own devices' shards from its copy, so a mesh spanning several
-    processes needs no transfer between them (and no check that the copies agree).
-    """
-    if self.mesh is None:
-      return jnp.asarray(x)
-    spec = PartitionSpec(mesh_lib.BATCH_AXES) if batched else PartitionSpec()
-    return jax.make_array_from_process_local_data(NamedSharding(self.mesh, spec), x, x.shape)
+  def _put(self, x: np.ndarray) -> jax.Array:
+    """Host rows (the same on every process) on the mesh, split over the batch axes."""
+    return parallel_batch.host_array_on_mesh(x, self.mesh)
 
   # -- public API -------------------------------------------------------------------------------
 
@@ -416,9 +410,9 @@ class Sampler:
                           jnp.int32)
     clock = time.perf_counter()
     state, token, logprob = _start(
-        self._weights, self._put(tokens, True), self._put(positions, True),
-        self._put(segment_ids, True), self._put(prompt_lens, True), self._put(row_ids, True),
-        self._put(active, True), jax.random.key(seed), knobs, eos_ids, cfg=self.cfg,
+        self._weights, self._put(tokens), self._put(positions),
+        self._put(segment_ids), self._put(prompt_lens), self._put(row_ids),
+        self._put(active), jax.random.key(seed), knobs, eos_ids, cfg=self.cfg,
         mesh=self.mesh, mode=mode, n=n, capacity=capacity)
     ids = [[t] for t in np.asarray(token).tolist()]
     logprobs = [[x] for x in np.asarray(logprob, np.float32).tolist()]
@@ -446,7 +440,7 @@ class Sampler:
                                    capacity=capacity)
       chunk = min(self.stop_check_interval, capacity) if stop else capacity
       state, new_tokens, new_logprobs, steps, done_now = _decode(
-          self._weights, state, self._put(stopped, True), jnp.int32(max_new_tokens), knobs,
+          self._weights, state, self._put(stopped), jnp.int32(max_new_tokens), knobs,
           eos_ids, cfg=self.cfg, mesh=self.mesh, mode=mode, chunk=chunk)
       steps = int(steps)
       new_tokens = np.asarray(new_tokens)[:, :steps].tolist()
