@@ -49,7 +49,7 @@ def _default_warps(head_dim):
   return 4 if head_dim <= 64 else 8
 
 
-def _dot(a, b, *, trans_a=False, trans_b=False):
+def dot(a, b, *, trans_a=False, trans_b=False):
   """2-D product with fp32 accumulation; fp32 operands stay full precision (no tf32)."""
   precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
   dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
@@ -77,7 +77,7 @@ def _key_tile(q, q_pos, q_seg, k_ref, v_ref, k_seg_ref, k_block, block_k, scale_
   k_slice = pl.ds(pl.multiple_of(k_block * block_k, block_k), block_k)
   k = k_ref[k_slice, :]
   v = v_ref[k_slice, :]
-  scores = _dot(q, k, trans_b=True) * scale_log2
+  scores = dot(q, k, trans_b=True) * scale_log2
   k_seg = k_seg_ref[k_slice] if k_seg_ref is not None else None
   k_pos = k_block * block_k + jnp.arange(block_k)
   mask = _mask(q_pos, k_pos, q_seg, k_seg, causal)
@@ -119,7 +119,7 @@ def _forward_kernel(*refs, causal, has_segments, scale_log2, block_q, block_k):
     rescale = jnp.exp2(row_max - new_max)
     probs = jnp.exp2(scores - new_max[:, None])
     row_sum = row_sum * rescale + probs.sum(axis=1)
-    acc = acc * rescale[:, None] + _dot(probs.astype(v.dtype), v)
+    acc = acc * rescale[:, None] + dot(probs.astype(v.dtype), v)
     return acc, new_max, row_sum
 
   carry = (jnp.zeros((block_q, head_dim), jnp.float32),
@@ -222,9 +222,9 @@ def _dq_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, block
     k, v, scores = _key_tile(q, q_pos, q_seg, k_ref, v_ref, k_seg_ref, k_block, block_k,
                              scale_log2, causal and apply_causal)
     probs = jnp.exp2(scores - lse[:, None])
-    dprobs = _dot(do, v, trans_b=True)
+    dprobs = dot(do, v, trans_b=True)
     dscores = probs * (dprobs - delta[:, None])
-    return dq + _dot(dscores.astype(k.dtype), k)
+    return dq + dot(dscores.astype(k.dtype), k)
 
   dq = _over_key_blocks(body, jnp.zeros((block_q, head_dim), jnp.float32), lo, hi, q_block,
                         block_q, block_k, causal)
@@ -253,17 +253,17 @@ def _dkv_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, bloc
     lse = lse_ref[head, q_slice]
     delta = delta_ref[head, q_slice]
     # Transposed tile [block_k, block_q]: keys along rows.
-    scores = _dot(k, q, trans_b=True) * scale_log2
+    scores = dot(k, q, trans_b=True) * scale_log2
     q_seg = q_seg_ref[q_slice] if has_segments else None
     q_pos = q_block * block_q + jnp.arange(block_q)
     mask = _mask(k_pos, q_pos, k_seg, q_seg, causal and apply_causal, keys_on_rows=True)
     if mask is not None:
       scores = jnp.where(mask, scores, MASK_VALUE)
     probs = jnp.exp2(scores - lse[None, :])
-    dv = dv + _dot(probs.astype(do.dtype), do)
-    dprobs = _dot(v, do, trans_b=True)
+    dv = dv + dot(probs.astype(do.dtype), do)
+    dprobs = dot(v, do, trans_b=True)
     dscores = probs * (dprobs - delta[None, :])
-    dk = dk + _dot(dscores.astype(q.dtype), q)
+    dk = dk + dot(dscores.astype(q.dtype), q)
     return dk, dv
 
   if causal:

@@ -22,12 +22,11 @@ from those shardings.
 import jax
 import jax.numpy as jnp
 
+from qmath_jax import kernels
+from qmath_jax.kernels import decode
 from qmath_jax.model import attention
 from qmath_jax.model.config import ModelConfig
 from qmath_jax.model.layers import apply_rope
-
-_NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
-
 
 def rms_norm(x, scale, eps: float):
   """x / rms(x) * scale: normalised in fp32, cast, then scaled (the model's rounding order)."""
@@ -68,7 +67,8 @@ def logits_of(cfg: ModelConfig, weights, hidden):
                     preferred_element_type=jnp.float32)
 
 
-def prefill(cfg: ModelConfig, weights, tokens, positions, segment_ids):
+def prefill(cfg: ModelConfig, weights, tokens, positions, segment_ids, mesh=None,
+            heads_split: bool = False):
   """Runs the left-padded prompts and keeps their keys and values.
 
   Args:
@@ -77,6 +77,8 @@ def prefill(cfg: ModelConfig, weights, tokens, positions, segment_ids):
     tokens: int `[groups, prompt_len]`, left-padded.
     positions: int `[groups, prompt_len]` (0 at each prompt's first real token).
     segment_ids: int `[groups, prompt_len]`, 1 on prompt tokens and 0 on padding.
+    mesh: the sampler's mesh or None; the Pallas attention runs under `shard_map` on it.
+    heads_split: whether the attention weights split heads over the mesh's 'tensor' axis.
   Returns:
     (fp32 logits of the last slot `[groups, vocab]`, prompt cache: a list with one
     {"k", "v": [groups, kv_heads, prompt_len, head_dim]} per layer).
@@ -94,7 +96,12 @@ def prefill(cfg: ModelConfig, weights, tokens, positions, segment_ids):
     q, k, v = _qkv(cfg, layer, h)
     q = apply_rope(q, positions, cfg.rope_theta)
     k = apply_rope(k, positions, cfg.rope_theta)
-    out = attention.causal_attention(q, k, v, segment_ids, impl, mask)
+    if impl == "pallas" and mesh is not None:
+      out = kernels.sharded_flash_attention(
+          mesh, q, k, v, segment_ids=segment_ids, head_axis="tensor" if heads_split else None,
+          interpret=jax.default_backend() == "cpu")
+    else:
+      out = attention.causal_attention(q, k, v, segment_ids, impl, mask)
     cache.append({"k": k.transpose(0, 2, 1, 3), "v": v.transpose(0, 2, 1, 3)})
     x = x + out.reshape(groups, length, -1) @ layer["wo"]
     x = x + _mlp(layer, rms_norm(x, layer["post_norm"], cfg.rms_norm_eps))
@@ -102,63 +109,25 @@ def prefill(cfg: ModelConfig, weights, tokens, positions, segment_ids):
   return logits_of(cfg, weights, hidden), cache
 
 
-def _rows_to_groups(x, groups: int):
-  """`[groups * n, kv_heads, g, ...]` -> `[groups, kv_heads, n * g, ...]`."""
-  rows, kv_heads, g = x.shape[:3]
-  n = rows // groups
-  x = x.reshape((groups, n, kv_heads, g) + x.shape[3:])
-  x = jnp.moveaxis(x, 1, 2)
-  return x.reshape((groups, kv_heads, n * g) + x.shape[4:])
-
-
-def _groups_to_rows(x, n: int):
-  """Inverse of `_rows_to_groups`: `[groups, kv_heads, n * g, ...]` -> `[groups * n, kv_heads, g, ...]`."""
-  groups, kv_heads, ng = x.shape[:3]
-  g = ng // n
-  x = x.reshape((groups, kv_heads, n, g) + x.shape[3:])
-  x = jnp.moveaxis(x, 2, 1)
-  return x.reshape((groups * n, kv_heads, g) + x.shape[4:])
-
-
-def decode_attention(q, prompt_layer, own_layer, prompt_valid, own_valid):
-  """One query token per row over [its group's prompt cache ; its own cache].
-
-  Args:
-    q: `[rows, heads, head_dim]`, rows = groups * n.
-    prompt_layer: {"k", "v": [groups, kv_heads, prompt_len, head_dim]}.
-    own_layer: {"k", "v": [rows, kv_heads, max_new, head_dim]}.
-    prompt_valid: bool `[groups, prompt_len]`.
-    own_valid: bool `[max_new]` (slots written so far, the current one included).
-  Returns:
-    `[rows, heads, head_dim]` in q's dtype; softmax over both parts in fp32.
+def _decode_attention(cfg: ModelConfig, mesh, heads_split: bool, q, prompt_layer, own_layer,
+                      prompt_valid, own_len):
+  """`kernels.decode.decode_attention` for this model: the Pallas kernels when
+  `cfg.attention == "pallas"` (interpreted on CPU), else the einsum reference; on a mesh
+  under `shard_map`, kv heads split over 'tensor' when the weights split them (`heads_split`).
   """
-  rows, heads, head_dim = q.shape
-  groups, kv_heads = prompt_layer["k"].shape[:2]
-  n = rows // groups
-  scale = head_dim ** -0.5
-  q_rows = q.reshape(rows, kv_heads, heads // kv_heads, head_dim)
-  q_groups = _rows_to_groups(q_rows, groups)                       # [groups, kv, n*g, d]
-  s_prompt = jnp.einsum("gkmd,gksd->gkms", q_groups, prompt_layer["k"],
-                        preferred_element_type=jnp.float32) * scale
-  s_prompt = jnp.where(prompt_valid[:, None, None, :], s_prompt, _NEG_INF)
-  s_own = jnp.einsum("bkhd,bktd->bkht", q_rows, own_layer["k"],
-                     preferred_element_type=jnp.float32) * scale
-  s_own = jnp.where(own_valid[None, None, None, :], s_own, _NEG_INF)
-  top = jnp.maximum(_groups_to_rows(s_prompt.max(-1), n), s_own.max(-1))   # [rows, kv, g]
-  p_prompt = jnp.exp(s_prompt - _rows_to_groups(top, groups)[..., None])
-  p_own = jnp.exp(s_own - top[..., None])
-  total = _groups_to_rows(p_prompt.sum(-1), n) + p_own.sum(-1)
-  v_dtype = own_layer["v"].dtype
-  o_prompt = jnp.einsum("gkms,gksd->gkmd", p_prompt.astype(v_dtype), prompt_layer["v"],
-                        preferred_element_type=jnp.float32)
-  o_own = jnp.einsum("bkht,bktd->bkhd", p_own.astype(v_dtype), own_layer["v"],
-                     preferred_element_type=jnp.float32)
-  out = (_groups_to_rows(o_prompt, n) + o_own) / total[..., None]
-  return out.reshape(rows, heads, head_dim).astype(q.dtype)
+  kwargs = {"backend": "reference"}
+  if cfg.attention == "pallas":
+    kwargs = {"backend": "auto", "interpret": jax.default_backend() == "cpu"}
+  args = (q, prompt_layer["k"], prompt_layer["v"], prompt_valid, own_layer["k"],
+          own_layer["v"], own_len)
+  if mesh is None or kwargs["backend"] == "reference":
+    return decode.decode_attention(*args, **kwargs)
+  return decode.sharded_decode_attention(
+      mesh, *args, head_axis="tensor" if heads_split else None, **kwargs)
 
 
 def decode_step(cfg: ModelConfig, weights, prompt_cache, prompt_valid, own_cache, tokens,
-                positions, slot):
+                positions, slot, mesh=None, heads_split: bool = False):
   """Feeds one token per row, writing its key and value at own-cache `slot`.
 
   Args:
@@ -170,11 +139,12 @@ def decode_step(cfg: ModelConfig, weights, prompt_cache, prompt_valid, own_cache
     tokens: int `[rows]`.
     positions: int `[rows]`, each token's position in its sequence.
     slot: int scalar, the own-cache slot of this step (the same for every row).
+    mesh: the sampler's mesh or None; used by the Pallas decode attention (`shard_map`).
+    heads_split: whether the caches' kv heads are split over the mesh's 'tensor' axis.
   Returns:
     (fp32 logits `[rows, vocab]`, the updated own cache).
   """
   rows = tokens.shape[0]
-  own_valid = jnp.arange(own_cache[0]["k"].shape[2]) <= slot
   x = jnp.take(weights["embedding"], tokens, axis=0)
   new_cache = []
   for layer, prompt_layer, own_layer in zip(weights["layers"], prompt_cache, own_cache):
@@ -190,7 +160,8 @@ def decode_step(cfg: ModelConfig, weights, prompt_cache, prompt_valid, own_cache
             own_layer["v"].dtype), start),
     }
     new_cache.append(own_layer)
-    out = decode_attention(q, prompt_layer, own_layer, prompt_valid, own_valid)
+    out = _decode_attention(cfg, mesh, heads_split, q, prompt_layer, own_layer, prompt_valid,
+                            slot + 1)
     x = x + out.reshape(rows, -1) @ layer["wo"]
     x = x + _mlp(layer, rms_norm(x, layer["post_norm"], cfg.rms_norm_eps))
   hidden = rms_norm(x, weights["final_norm"], cfg.rms_norm_eps)
