@@ -16,7 +16,8 @@ Two modes; each prints one JSON object per measurement and writes all of them to
   python benchmarks/sampler.py --mode device [--preset qwen2.5-math-1.5b] [--out device.json]
       Random bf16 parameters of the preset; `--batch` prompts of `--prompt` random tokens, `--new`
       new tokens each, greedy and then sampled (temperature 0.7, top-p 0.8), then the same rows as
-      groups of 8 samples sharing a prompt. Decode step time = decode seconds / decode steps of
+      groups of 8 samples sharing a prompt; `--attention pallas` decodes with the Pallas
+      decode-attention kernels (`qmath_jax.kernels.decode`) instead of XLA's einsums. Decode step time = decode seconds / decode steps of
       the second (compiled) run. Roofline per step = (decode weight bytes + prompt and own KV
       bytes in use at that step, averaged over the steps) / `--hbm_tbps`.
 """
@@ -152,7 +153,8 @@ def _kv_bytes_per_step(cfg, groups, rows, prompt, new, itemsize):
 
 
 def run_device(args, records):
-  cfg = get_config(args.preset, dtype="bfloat16", param_dtype="bfloat16", attention="xla")
+  cfg = get_config(args.preset, dtype="bfloat16", param_dtype="bfloat16",
+                   attention=args.attention)
   clock = time.perf_counter()
   params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
   jax.block_until_ready(params)
@@ -161,7 +163,7 @@ def run_device(args, records):
   del params
   weight_bytes = sum(x.nbytes for x in jax.tree.leaves(sampler._weights))  # pylint: disable=protected-access
   _emit({"mode": "device", "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-         "preset": args.preset, "weight_bytes": weight_bytes,
+         "preset": args.preset, "attention": args.attention, "weight_bytes": weight_bytes,
          "setup_s": time.perf_counter() - clock}, records)
   settings = [
       ("greedy", 1, dict(temperature=0.0)),
@@ -180,7 +182,8 @@ def run_device(args, records):
     step_s = stats["decode_s"] / max(stats["decode_steps"], 1)
     kv = _kv_bytes_per_step(cfg, args.batch // n, args.batch, args.prompt, args.new, 2)
     roofline_s = (weight_bytes + kv) / (args.hbm_tbps * 1e12)
-    _emit({"setting": name, "rows": args.batch, "n": n, "prompt": args.prompt, "new": args.new,
+    _emit({"setting": name, "attention": args.attention, "rows": args.batch, "n": n,
+           "prompt": args.prompt, "new": args.new,
            "initial_cache": args.initial_cache, "cache_len": stats["cache_len"],
            "decode_step_ms": 1e3 * step_s, "roofline_step_ms": 1e3 * roofline_s,
            "fraction_of_roofline": roofline_s / step_s, "kv_bytes_per_step": kv,
@@ -204,6 +207,9 @@ def main(argv=None):
   parser.add_argument("--initial_cache", type=int, default=64,
                       help="the sampler's initial_cache_len (>= --new: one fixed-size cache)")
   parser.add_argument("--settings", type=int, default=4, help="device mode: how many settings")
+  parser.add_argument("--attention", choices=("xla", "pallas"), default="xla",
+                      help="device mode: the model's attention (pallas: the flash kernel "
+                           "prefills, the decode-attention kernels decode)")
   parser.add_argument("--hbm_tbps", type=float, default=4.3)
   parser.add_argument("--hidden", type=int, default=256)
   parser.add_argument("--layers", type=int, default=4)

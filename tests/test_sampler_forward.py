@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from qmath_jax.kernels import decode
 from qmath_jax.model import Transformer, get_config
 from qmath_jax.parallel.mesh import make_mesh
 from qmath_jax.sampling import sampler as sampler_lib
@@ -213,3 +214,30 @@ def test_bfloat16_compute_stays_close_to_fp32(model, full_logits):
                                   [c.token_ids for _, c in rows])
   for (_, c), ref in zip(rows, refs):
     np.testing.assert_allclose(c.logprobs, ref, rtol=0, atol=0.1)
+
+
+@pytest.mark.parametrize("shape", [None, (2, 2, 2), (2, 1, 4)])
+def test_pallas_attention_sampler_equals_xla(model, full_logits, monkeypatch, shape):
+  """attention="pallas": the flash kernel prefills and the decode kernels (interpret mode)
+  attend, under shard_map on a mesh (kv heads split on (2, 2, 2), whole on (2, 1, 4))."""
+  cfg, params, tokenizer = model
+  calls = []
+  kernel = decode._gpu_decode_attention  # pylint: disable=protected-access
+  monkeypatch.setattr(decode, "_gpu_decode_attention",
+                      lambda *a, **k: calls.append(a[0].shape) or kernel(*a, **k))
+  mesh = make_mesh(shape) if shape else None
+  sampler = Sampler(cfg.replace(attention="pallas"), params, tokenizer, mesh=mesh)
+  knobs = dict(n=2, temperature=1.3, top_k=50, top_p=0.95, max_new_tokens=NEW, seed=3)
+  sampled = sampler.generate(PROMPTS, **knobs)
+  assert len(calls) == cfg.num_layers  # one decode step traced, every layer on the kernels
+  if shape is None:
+    assert calls[0] == (8, cfg.num_heads, cfg.head_dim)  # 4 groups (3 padded up) x n = 2
+  whole = Sampler(cfg, params, tokenizer).generate(PROMPTS, **knobs)
+  assert [[c.token_ids for c in g] for g in sampled] == [[c.token_ids for c in g] for g in whole]
+  for group, whole_group in zip(sampled, whole):
+    for c, w in zip(group, whole_group):
+      np.testing.assert_allclose(c.logprobs, w.logprobs, rtol=0, atol=1e-5)
+  if shape is None:
+    greedy = sampler.generate(PROMPTS, max_new_tokens=NEW)
+    prompt_ids = [tokenizer.encode(p) for p in PROMPTS]
+    assert [c[0].token_ids for c in greedy] == _greedy_reference(full_logits, prompt_ids, NEW)

@@ -1,8 +1,9 @@
-"""On a real GPU: our kernel's output and gradients against the fp32 reference.
+"""On a real GPU: our kernels against their fp32 references.
 
-Relative Frobenius error ||ours - ref|| / ||ref|| for out, dq, dk, dv on a few
-shapes (grouped heads, packed segments, odd lengths, head_dim 64 and 128, bf16
-and fp32), fresh random inputs each. Prints one JSON line per case and writes
+Relative Frobenius error ||ours - ref|| / ||ref|| for the flash kernel's out, dq, dk, dv on a
+few shapes (grouped heads, packed segments, odd lengths, head_dim 64 and 128, bf16 and fp32),
+and for the decode-attention kernels' output (groups sharing a prompt, split prompts, partly
+written own caches), fresh random inputs each. Prints one JSON line per case and writes
 them all to --out. Exit status 1 if any case fails its tolerance.
 
   python benchmarks/device/check_gpu.py --out check.json [--interpret]
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from qmath_jax import kernels
+from qmath_jax.kernels import decode
 from qmath_jax.kernels import testing
 
 # (batch, length, heads, kv_heads, head_dim, dtype, causal, packed)
@@ -29,6 +31,35 @@ CASES = [
     (1, 512, 8, 8, 128, "bfloat16", False, False),
 ]
 TOLERANCE = {"bfloat16": 3e-2, "float32": 1e-4}
+# Decode attention: (groups, n, kv_heads, group, prompt_len, own_slots, own_len, head_dim, dtype)
+DECODE_CASES = [
+    (64, 1, 2, 6, 512, 256, 200, 128, "bfloat16"),   # 1.5B heads, 64 prompts
+    (8, 8, 2, 6, 384, 256, 1, 128, "bfloat16"),      # groups of 8, first own slot, 8 splits
+    (4, 32, 4, 7, 1024, 2048, 1500, 128, "bfloat16"),
+    (3, 5, 2, 4, 96, 64, 64, 64, "float32"),
+]
+
+
+def check_decode_case(case, seed, interpret):
+  groups, n, kv_heads, group, prompt_len, own_slots, own_len, head_dim, dtype = case
+  keys = jax.random.split(jax.random.key(seed), 6)
+  rows = groups * n
+  q = jax.random.normal(keys[0], (rows, kv_heads * group, head_dim), dtype)
+  prompt = [jax.random.normal(key, (groups, kv_heads, prompt_len, head_dim), dtype)
+            for key in keys[1:3]]
+  own = [jax.random.normal(key, (rows, kv_heads, own_slots, head_dim), dtype)
+         for key in keys[3:5]]
+  first = jax.random.randint(keys[5], (groups, 1), 0, prompt_len)
+  valid = jnp.arange(prompt_len)[None, :] >= first
+  own_len = jnp.int32(own_len)
+  got = jax.jit(lambda *a: decode.decode_attention(*a, backend="gpu", interpret=interpret))(
+      q, *prompt, valid, *own, own_len)
+  upcast = lambda xs: [x.astype(jnp.float32) for x in xs]
+  want = jax.jit(decode.reference_decode_attention)(
+      *upcast([q] + prompt), valid, *upcast(own), own_len)
+  error = testing.relative_error(got, want)
+  return dict(kernel="decode_attention", case=list(case), errors={"out": error},
+              passed=error <= TOLERANCE[dtype])
 
 
 def check_case(case, seed, interpret):
@@ -66,12 +97,18 @@ def main(argv=None):
   if args.interpret:
     cases = [(1, min(c[1], 200), min(c[2], 8), min(c[3], 8) if c[2] > 8 else c[3], c[4], c[5],
               c[6], c[7]) for c in CASES[:4]]
+  checks = [(check_case, case) for case in cases]
+  decode_cases = DECODE_CASES
+  if args.interpret:
+    decode_cases = [(2, 2, 2, 3, 64, 32, 20, 32, "bfloat16"), (1, 3, 1, 5, 48, 16, 16, 16,
+                                                                 "float32")]
+  checks += [(check_decode_case, case) for case in decode_cases]
   results = []
   # JSON lines as each case ends, so a run cut short still leaves its results.
   stream = open(args.out + "l", "w") if args.out else None
-  for seed, case in enumerate(cases):
+  for seed, (check, case) in enumerate(checks):
     try:
-      result = check_case(case, seed, args.interpret)
+      result = check(case, seed, args.interpret)
     except Exception as error:  # Recorded, so the other cases still run.
       result = dict(case=list(case), passed=False,
                     error=f"{type(error).__name__}: {str(error)[:400]}")

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One device call: attention correctness and sweep, sampler decode, training step. Writes under $OUT.
+# One device call: kernel correctness, sampler decode (XLA and Pallas decode attention, and with
+# command buffers), training step; the attention sweep only with BENCH_SECONDS > 0 (its kernels
+# are unchanged since the recorded sweep). Writes under $OUT. Fits one 600 s call.
 # Run from the repository root: bash benchmarks/device/h200.sh
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -9,12 +11,17 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv 2>&1 |
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee -a "$OUT/gpu.txt"
 timeout "${CHECK_SECONDS:-90}" python3 benchmarks/device/check_gpu.py --out "$OUT/check.json" \
   2>&1 | tee "$OUT/check.log"
-timeout "${BENCH_SECONDS:-170}" python3 benchmarks/attention.py --sweep --out "$OUT/attention.json" \
-  2>&1 | tee "$OUT/attention.log"
+if [ "${BENCH_SECONDS:-0}" -gt 0 ]; then
+  timeout "$BENCH_SECONDS" python3 benchmarks/attention.py --sweep --out "$OUT/attention.json" \
+    2>&1 | tee "$OUT/attention.log"
+fi
 # Sampler: decode step against the HBM roofline (greedy, top-p, groups of 8), then the
 # training step (MFU). Each has its own time limit so one slow part cannot eat the call.
 timeout "${SAMPLER_SECONDS:-150}" python3 benchmarks/sampler.py --mode device \
   --out "$OUT/sampler.json" 2>&1 | tee "$OUT/sampler.log"
+# Greedy, sampled and groups of 8 again with the Pallas decode-attention kernels.
+timeout "${PALLAS_SECONDS:-120}" python3 benchmarks/sampler.py --mode device --settings 3 \
+  --attention pallas --out "$OUT/sampler_pallas.json" 2>&1 | tee "$OUT/sampler_pallas.log"
 # The greedy decode again with XLA's command buffers (CUDA graphs) also taking while loops:
 # measures how much of the decode step is kernel-launch cost inside the while body.
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \

@@ -117,10 +117,14 @@ def _replicated(mesh, x):
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec()))
 
 
+def _heads_split(cfg: ModelConfig, mesh) -> bool:
+  """Whether the attention weights, and so the KV caches, split kv heads over 'tensor'."""
+  return mesh is not None and weights.TensorLayout.for_mesh(cfg, mesh).attn > 1
+
+
 def _cache_sharded(cfg: ModelConfig, mesh, x):
   """Constrains a K or V cache `[batch, kv_heads, length, head_dim]`: heads as the weights."""
-  heads_split = weights.TensorLayout.for_mesh(cfg, mesh).attn > 1
-  return _batch_sharded(mesh, x, weights.TENSOR_AXIS if heads_split else None)
+  return _batch_sharded(mesh, x, weights.TENSOR_AXIS if _heads_split(cfg, mesh) else None)
 
 
 def _sample(mode: Mode, logits, keys, knobs):
@@ -139,7 +143,8 @@ def _start(weights_, tokens, positions, segment_ids, prompt_lens, row_ids, activ
     replicated.
   """
   TRACES["prefill"] += 1
-  logits, prompt_cache = forward.prefill(cfg, weights_, tokens, positions, segment_ids)
+  logits, prompt_cache = forward.prefill(cfg, weights_, tokens, positions, segment_ids, mesh,
+                                         _heads_split(cfg, mesh))
   prompt_cache = jax.tree.map(functools.partial(_cache_sharded, cfg, mesh), prompt_cache)
   row_keys = jax.vmap(lambda ids: jax.random.fold_in(
       jax.random.fold_in(seed_key, ids[0]), ids[1]))(row_ids)
@@ -198,7 +203,8 @@ def _decode(weights_, state, stopped, limit, knobs, eos_ids, *, cfg, mesh, mode,
   def body(carry):
     logits, own_cache = forward.decode_step(
         cfg, weights_, state["prompt_cache"], state["prompt_valid"], carry["own_cache"],
-        carry["token"], carry["position"], carry["num"] - 1)
+        carry["token"], carry["position"], carry["num"] - 1, mesh=mesh,
+        heads_split=_heads_split(cfg, mesh))
     keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state["row_keys"], carry["num"])
     token, logprob = _sample(mode, logits, keys, knobs)
     column = carry["num"] - first
