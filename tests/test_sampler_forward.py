@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qmath_jax.kernels import decode
+from qmath_jax.kernels import decode_gpu
 from qmath_jax.model import Transformer, get_config
 from qmath_jax.parallel.mesh import make_mesh
 from qmath_jax.sampling import sampler as sampler_lib
@@ -222,8 +222,8 @@ def test_pallas_attention_sampler_equals_xla(model, full_logits, monkeypatch, sh
   attend, under shard_map on a mesh (kv heads split on (2, 2, 2), whole on (2, 1, 4))."""
   cfg, params, tokenizer = model
   calls = []
-  kernel = decode._gpu_decode_attention  # pylint: disable=protected-access
-  monkeypatch.setattr(decode, "_gpu_decode_attention",
+  kernel = decode_gpu.decode_attention
+  monkeypatch.setattr(decode_gpu, "decode_attention",
                       lambda *a, **k: calls.append(a[0].shape) or kernel(*a, **k))
   mesh = make_mesh(shape) if shape else None
   sampler = Sampler(cfg.replace(attention="pallas"), params, tokenizer, mesh=mesh)

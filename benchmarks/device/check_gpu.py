@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from qmath_jax import kernels
 from qmath_jax.kernels import decode
+from qmath_jax.kernels import decode_reference
 from qmath_jax.kernels import testing
 
 # (batch, length, heads, kv_heads, head_dim, dtype, causal, packed)
@@ -55,7 +56,7 @@ def check_decode_case(case, seed, interpret):
   got = jax.jit(lambda *a: decode.decode_attention(*a, backend="gpu", interpret=interpret))(
       q, *prompt, valid, *own, own_len)
   upcast = lambda xs: [x.astype(jnp.float32) for x in xs]
-  want = jax.jit(decode.reference_decode_attention)(
+  want = jax.jit(decode_reference.reference_decode_attention)(
       *upcast([q] + prompt), valid, *upcast(own), own_len)
   error = testing.relative_error(got, want)
   return dict(kernel="decode_attention", case=list(case), errors={"out": error},

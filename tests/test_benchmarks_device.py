@@ -1,0 +1,37 @@
+"""The device scripts run here before they cost accelerator time: the GPU check on small cases
+in interpret mode, and the sampler benchmark's device mode with the Pallas decode kernels."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def _run(args, tmp_path):
+  result = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+                                            "PATH": "/usr/bin:/bin"})
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  return result
+
+
+def test_gpu_check_passes_in_interpret_mode(tmp_path):
+  out = tmp_path / "check.json"
+  _run(["benchmarks/device/check_gpu.py", "--interpret", "--out", str(out)], tmp_path)
+  results = json.loads(out.read_text())["results"]
+  kernels = [r.get("kernel", "flash_attention") for r in results]
+  assert kernels.count("decode_attention") == 2 and kernels.count("flash_attention") == 4
+  assert all(r["passed"] for r in results)
+
+
+def test_sampler_device_mode_with_pallas_decode(tmp_path):
+  out = tmp_path / "sampler.json"
+  _run(["benchmarks/sampler.py", "--mode", "device", "--preset", "tiny", "--batch", "8",
+        "--prompt", "32", "--new", "17", "--settings", "3", "--attention", "pallas",
+        "--initial_cache", "16", "--out", str(out)], tmp_path)
+  records = json.loads(out.read_text())
+  settings = [r for r in records if "setting" in r]
+  assert [r["setting"] for r in settings] == ["greedy", "sampled_t0.7_p0.8", "greedy_groups_of_8"]
+  assert all(r["attention"] == "pallas" and r["decode_step_ms"] > 0 for r in settings)
