@@ -17,15 +17,19 @@ Two modes; each prints one JSON object per measurement and writes all of them to
       Random bf16 parameters of the preset; `--batch` prompts of `--prompt` random tokens, `--new`
       new tokens each, greedy and then sampled (temperature 0.7, top-p 0.8), then the same rows as
       groups of 8 samples sharing a prompt; `--attention pallas` decodes with the Pallas
-      decode-attention kernels (`qmath_jax.kernels.decode`) instead of XLA's einsums. Decode step time = decode seconds / decode steps of
+      decode-attention kernels (`qmath_jax.kernels.decode`) instead of XLA's einsums; with
+      `--profile` the greedy call runs once more under the profiler, which reports the kernels
+      per decode step, their summed time and the 25 costliest (`profile_decode`). Decode step time = decode seconds / decode steps of
       the second (compiled) run. Roofline per step = (decode weight bytes + prompt and own KV
       bytes in use at that step, averaged over the steps) / `--hbm_tbps`.
 """
 
 import argparse
+import collections
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,6 +156,47 @@ def _kv_bytes_per_step(cfg, groups, rows, prompt, new, itemsize):
   return per_slot * (groups * prompt + rows * float(np.mean(own_slots)))
 
 
+def _kernel_lines(profile):
+  """The trace lines whose events are device work: the GPU streams (else, TPU, the device
+  planes' lines other than XLA's module and op summaries), else (CPU) the XLA client's thread
+  lines."""
+  device = [line for plane in profile.planes if plane.name.startswith("/device:")
+            for line in plane.lines]
+  streams = [line for line in device if line.name.startswith("Stream")]
+  device = streams or [line for line in device if not line.name.startswith("XLA")]
+  if device:
+    return device
+  return [line for plane in profile.planes if plane.name == "/host:CPU"
+          for line in plane.lines if line.name != "python"]
+
+
+def profile_decode(run, steps):
+  """Per decode step: the device kernels `run()` launches, their busy time, the top kernels.
+
+  Runs `run` once under `jax.profiler.trace` (into a temporary directory, removed after) and
+  reads the trace with `jax.profiler.ProfileData`. Kernel time is summed over every stream, so
+  busy_ms_per_step below the step time means the device waits between kernels (launch cost).
+  """
+  directory = tempfile.mkdtemp(prefix="qmath_profile_")
+  try:
+    with jax.profiler.trace(directory):
+      run()
+    path = next(pathlib.Path(directory).rglob("*.xplane.pb"))
+    profile = jax.profiler.ProfileData.from_file(str(path))
+    count, busy_ns = collections.Counter(), collections.Counter()
+    for line in _kernel_lines(profile):
+      for event in line.events:
+        if not event.name.startswith("end: "):
+          count[event.name] += 1
+          busy_ns[event.name] += event.duration_ns
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
+  top = [{"kernel": name[:120], "per_step": count[name] / steps,
+          "ms_per_step": busy_ns[name] / steps / 1e6} for name, _ in busy_ns.most_common(25)]
+  return {"kernels_per_step": sum(count.values()) / steps,
+          "busy_ms_per_step": sum(busy_ns.values()) / steps / 1e6, "top_kernels": top}
+
+
 def run_device(args, records):
   cfg = get_config(args.preset, dtype="bfloat16", param_dtype="bfloat16",
                    attention=args.attention)
@@ -190,6 +235,10 @@ def run_device(args, records):
            "prefill_s": stats["prefill_s"], "first_run_wall_s": runs[0]["wall_s"],
            "wall_s": stats["wall_s"], "new_tokens_per_s": args.batch * (args.new - 1) /
            stats["decode_s"], "traces": dict(sampler_lib.TRACES)}, records)
+    if args.profile and name == "greedy":
+      run = lambda: sampler.generate_ids(prompts, n=n, max_new_tokens=args.new, seed=1, **knobs)
+      _emit({"setting": name, "attention": args.attention, "decode_step_ms": 1e3 * step_s,
+             "profile": profile_decode(run, stats["decode_steps"])}, records)
     _write(records, args.out)
 
 
@@ -211,6 +260,8 @@ def main(argv=None):
                       help="device mode: the model's attention (pallas: the flash kernel "
                            "prefills, the decode-attention kernels decode)")
   parser.add_argument("--hbm_tbps", type=float, default=4.3)
+  parser.add_argument("--profile", action="store_true",
+                      help="device mode: profile one greedy call (kernels per decode step)")
   parser.add_argument("--hidden", type=int, default=256)
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--vocab", type=int, default=4096)

@@ -1,5 +1,6 @@
 """The device scripts run here before they cost accelerator time: the GPU check on small cases
-in interpret mode, and the sampler benchmark's device mode with the Pallas decode kernels."""
+in interpret mode, and the sampler benchmark's device mode with the Pallas decode kernels and
+its profile of the decode step."""
 
 import json
 import pathlib
@@ -30,8 +31,11 @@ def test_sampler_device_mode_with_pallas_decode(tmp_path):
   out = tmp_path / "sampler.json"
   _run(["benchmarks/sampler.py", "--mode", "device", "--preset", "tiny", "--batch", "8",
         "--prompt", "32", "--new", "17", "--settings", "3", "--attention", "pallas",
-        "--initial_cache", "16", "--out", str(out)], tmp_path)
+        "--initial_cache", "16", "--profile", "--out", str(out)], tmp_path)
   records = json.loads(out.read_text())
-  settings = [r for r in records if "setting" in r]
+  settings = [r for r in records if "setting" in r and "profile" not in r]
   assert [r["setting"] for r in settings] == ["greedy", "sampled_t0.7_p0.8", "greedy_groups_of_8"]
   assert all(r["attention"] == "pallas" and r["decode_step_ms"] > 0 for r in settings)
+  profile = [r["profile"] for r in records if "profile" in r]
+  assert len(profile) == 1 and profile[0]["kernels_per_step"] > 1
+  assert profile[0]["busy_ms_per_step"] > 0 and len(profile[0]["top_kernels"]) > 1

@@ -17,11 +17,12 @@ if [ "${BENCH_SECONDS:-0}" -gt 0 ]; then
 fi
 # Sampler: decode step against the HBM roofline (greedy, top-p, groups of 8), then the
 # training step (MFU). Each has its own time limit so one slow part cannot eat the call.
-timeout "${SAMPLER_SECONDS:-150}" python3 benchmarks/sampler.py --mode device \
+# --profile: kernels per decode step and their summed time (is the step launch-bound?).
+timeout "${SAMPLER_SECONDS:-150}" python3 benchmarks/sampler.py --mode device --profile \
   --out "$OUT/sampler.json" 2>&1 | tee "$OUT/sampler.log"
 # Greedy, sampled and groups of 8 again with the Pallas decode-attention kernels.
 timeout "${PALLAS_SECONDS:-120}" python3 benchmarks/sampler.py --mode device --settings 3 \
-  --attention pallas --out "$OUT/sampler_pallas.json" 2>&1 | tee "$OUT/sampler_pallas.log"
+  --attention pallas --profile --out "$OUT/sampler_pallas.json" 2>&1 | tee "$OUT/sampler_pallas.log"
 # The greedy decode again with XLA's command buffers (CUDA graphs) also taking while loops:
 # measures how much of the decode step is kernel-launch cost inside the while body.
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
