@@ -388,11 +388,12 @@ def run_pipeline(config, workdir: str) -> dict:
 
   A tokenizer is trained first (once) into `<workdir>/tokenizer.model` when
   `tokenizer.train_vocab_size` > 0 and no path is given, on synthetic documents and rendered
-  conversations; every stage then uses it. A stage's `init.checkpoint` naming an earlier
-  stage ("pretrain") means that stage's run directory, and so does a `scorer.rm_checkpoint`
-  naming one ("rm"). With `report.num_problems` > 0, the
-  greedy accuracy of each stage in `report.stages` on held-out synthetic problems ends the
-  pipeline (`<workdir>/accuracy.json`, one report per stage: SFT then RL, say).
+  conversations; every stage then uses it. The pipeline's `seed` is every stage's seed, so
+  `--config.seed` reruns the whole pipeline with other draws. A stage's `init.checkpoint`
+  naming an earlier stage ("pretrain") means that stage's run directory, and so does a
+  `scorer.rm_checkpoint` naming one ("rm"). With `report.num_problems` > 0, the greedy
+  accuracy of each stage in `report.stages` on held-out synthetic problems ends the pipeline
+  (`<workdir>/accuracy.json`, one report per stage: SFT then RL, say).
   """
   os.makedirs(workdir, exist_ok=True)
   tokenizer_path = config.tokenizer.path
@@ -411,6 +412,7 @@ def run_pipeline(config, workdir: str) -> dict:
   for name in config.stages:
     sub = ml_collections.ConfigDict(config[name].to_dict())
     sub.tokenizer.path = tokenizer_path
+    sub.seed = config.seed
     if config.get("synthetic"):
       sub.synthetic = config.synthetic
     if sub.init.checkpoint in config.stages:

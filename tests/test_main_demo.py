@@ -58,3 +58,18 @@ def test_quick_demo_runs_every_stage(tmp_path):
     assert accuracy["correct"] == sum(e["correct"] for e in accuracy["examples"])
     assert all(e["id"].startswith("synthetic/test/") for e in accuracy["examples"])
     assert all(int(e["gold"]) <= 20 for e in accuracy["examples"])  # the demo's easy knobs
+
+
+def test_pipeline_seed_reaches_every_stage(tmp_path, monkeypatch):
+  from qmath_jax import main  # pylint: disable=g-import-not-at-top
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config("demo.py", "quick=1")
+  config.seed = 3
+  config.stages = ("pretrain", "sft")
+  config.report.num_problems = 0
+  seeds = {}
+  for stage in config.stages:
+    monkeypatch.setitem(main.STAGES, stage,
+                        lambda sub, workdir: seeds.update({sub.stage: sub.seed}) or {})
+  main.run_pipeline(config, str(tmp_path / "demo"))
+  assert seeds == {"pretrain": 3, "sft": 3}
