@@ -117,9 +117,9 @@ def get_config(arg=None):
   c.rm.checkpoint.best_metric = ""
 
   # GRPO from the SFT model, rewarded by the verifier alone. Measured on held-out greedy
-  # accuracy (64 problems, c.seed 0 and 1): the SPEC shaping with this near-chance RM
+  # accuracy (64 problems, two seeds): the SPEC shaping with this near-chance RM
   # (held-out loss ~0.5, chance 0.69) turns groups whose answers are all right or all wrong
-  # into unit-size advantages of RM noise (seed 1: 33 -> 31 shaped, 33 -> 37 verifier);
+  # into unit-size advantages of RM noise (one seed: 33 -> 31 shaped, 33 -> 37 verifier);
   # lr >= 1e-4 drifts the 0.14M model off its arithmetic within 20-40 episodes (1e-3
   # collapses it: 34 -> 7); temperature 1.0 samples rare tokens whose log-probs carry most of
   # the gradient. `scorer.rm_checkpoint = "rm"` restores the shaped reward.
