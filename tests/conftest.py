@@ -80,3 +80,23 @@ def run_local_workers(script, *args, timeout_s=300, processes=2, devices_per_pro
       if worker.poll() is None:
         worker.kill()
   return results
+
+
+@pytest.fixture
+def tpu_race_states(monkeypatch):
+  """Every race-detection state TPU interpret mode creates during the test (one per kernel
+  call, each reset when its call ends): a list to check `races_found` on after the calls.
+
+  Race results have no public API yet; this import fails loudly if they move.
+  """
+  from jax._src.pallas.mosaic.interpret import interpret_pallas_call  # pylint: disable=g-import-not-at-top
+  states = []
+  base = interpret_pallas_call.RaceDetectionState
+
+  def recording(*args, **kwargs):
+    state = base(*args, **kwargs)
+    states.append(state)
+    return state
+
+  monkeypatch.setattr(interpret_pallas_call, "RaceDetectionState", recording)
+  return states

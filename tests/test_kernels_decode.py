@@ -139,3 +139,14 @@ def test_kernels_lower_for_their_backend(backend, platform, device_kind, calls, 
   assert module.count(testing.KERNEL_CALL_TARGETS[platform]) == len(calls)
   for name in calls:
     assert name in module
+
+
+def test_tpu_kernel_has_no_data_races_on_two_cores(tpu_race_states):
+  """Interpret mode with race detection, the grid split over two cores (a megacore chip)."""
+  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+  args = _inputs(3, 2, 8, 2, 2, 1024, 256, 16, jnp.float32)
+  params = pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2)
+  got = decode.decode_attention(*args, jnp.int32(130), backend="tpu", interpret=params)
+  assert len(tpu_race_states) == 1 and not tpu_race_states[0].races_found
+  want = decode_reference.reference_decode_attention(*args, jnp.int32(130))
+  assert testing.relative_error(got, want) < 2e-5

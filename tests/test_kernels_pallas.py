@@ -71,3 +71,17 @@ def test_default_blocks_odd_length(backend):
     (128, 200, 384, 1024), (1, 2, 4, 7), (False, True), ("float32", "bfloat16"))))
 def test_full_grid(backend, length, ratio, segments, dtype):
   _check(backend, length, ratio, segments, dtype, head_dim=128 if length % 256 else 64)
+
+
+def test_tpu_kernels_have_no_data_races_on_two_cores(tpu_race_states):
+  """Forward, dq and dk/dv in interpret mode with race detection, the parallel grid axes split
+  over two cores (a megacore chip), several key blocks per row and packed segments."""
+  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+  inputs = testing.random_inputs(0, 2, 256, 4, 2, 64, "float32", True)
+  params = pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2)
+  errors = testing.kernel_errors(*inputs, backend="tpu", interpret=params,
+                                 block_sizes=SMALL_BLOCKS["tpu"])
+  assert len(tpu_race_states) == 3  # forward, dq, dk/dv
+  assert not any(state.races_found for state in tpu_race_states)
+  for name, limit in testing.TOLERANCES["float32"].items():
+    assert errors[name] <= limit, (name, errors[name])

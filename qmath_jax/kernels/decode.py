@@ -42,7 +42,8 @@ def decode_attention(q, prompt_k, prompt_v, prompt_valid, own_k, own_v, own_len,
     own_v: `[rows, kv_heads, own_slots, head_dim]`.
     own_len: int scalar: own slots `0 .. own_len - 1` are seen (the current token's included).
     backend: "tpu", "gpu", "reference" or "auto" (module docstring).
-    interpret: run the Pallas kernels in interpret mode (CPU tests).
+    interpret: run the Pallas kernels in interpret mode (CPU tests); for "tpu" also a
+      `pltpu.InterpretParams` (e.g. race detection over several cores).
     min_programs: GPU: the prompt kernel splits the prompt until its grid has this many
       programs.
 

@@ -151,7 +151,7 @@ def decode_attention(q, prompt_k, prompt_v, prompt_valid, own_k, own_v, own_len,
       out_shape=jax.ShapeDtypeStruct(q_tiles.shape, q.dtype),
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
-      interpret=tpu._interpret_arg(interpret),  # pylint: disable=protected-access
+      interpret=tpu.interpret_arg(interpret),
       name="decode_attention",
   )(jnp.reshape(own_len, (1,)).astype(jnp.int32), q_tiles, prompt_k, prompt_v,
     prompt_valid.astype(jnp.int32)[:, None, :],

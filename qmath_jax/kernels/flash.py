@@ -40,7 +40,7 @@ class _KernelConfig:
   causal: bool
   sm_scale: float
   block_sizes: blocks.BlockSizes
-  interpret: bool
+  interpret: bool | object  # or a `pltpu.InterpretParams` (TPU backend)
   launch: gpu.LaunchSettings = gpu.LaunchSettings()
 
 
@@ -101,7 +101,8 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None, ba
     sm_scale: score scale, a Python number; defaults to `head_dim ** -0.5` (pass 1.0 if q
       is pre-scaled).
     backend: 'tpu', 'gpu', 'reference' or 'auto' (see `resolve_backend`).
-    interpret: run the Pallas kernel in interpret mode (CPU).
+    interpret: run the Pallas kernel in interpret mode (CPU); for the TPU backend also a
+      `pltpu.InterpretParams` (e.g. race detection over several cores).
     block_sizes: `blocks.BlockSizes`, else the backend's default.
     gpu_launch: `gpu.LaunchSettings` (Triton warps and stages) for the GPU kernel.
 

@@ -55,7 +55,11 @@ def _tile_mask(rows, cols, row_start, col_start, row_seg, col_seg, causal, keys_
   return mask
 
 
-def _interpret_arg(interpret):
+def interpret_arg(interpret):
+  """`pallas_call`'s interpret argument: True -> default `InterpretParams`; `InterpretParams`
+  (race detection, several cores) pass through."""
+  if isinstance(interpret, pltpu.InterpretParams):
+    return interpret
   return pltpu.InterpretParams() if interpret else False
 
 
@@ -177,7 +181,7 @@ def forward(q, k, v, segment_ids, *, causal, sm_scale, block_sizes, interpret=Fa
                  jax.ShapeDtypeStruct((batch, heads, length, 1), jnp.float32)],
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
-      interpret=_interpret_arg(interpret),
+      interpret=interpret_arg(interpret),
       name="flash_attention_forward_tpu",
   )(lo, hi, *inputs)
   return _head_major(out), lse[..., 0]
@@ -294,7 +298,7 @@ def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_s
           out_specs=q_spec, scratch_shapes=[pltpu.VMEM((block_q, head_dim), jnp.float32)]),
       out_shape=jax.ShapeDtypeStruct(q_t.shape, q.dtype),
       compiler_params=params,
-      interpret=_interpret_arg(interpret),
+      interpret=interpret_arg(interpret),
       name="flash_attention_dq_tpu",
   )(lo, hi, *inputs)
 
@@ -333,7 +337,7 @@ def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_s
       out_shape=[jax.ShapeDtypeStruct(k_t.shape, k.dtype),
                  jax.ShapeDtypeStruct(v_t.shape, v.dtype)],
       compiler_params=params,
-      interpret=_interpret_arg(interpret),
+      interpret=interpret_arg(interpret),
       name="flash_attention_dkv_tpu",
   )(lo, hi, *inputs)
   return _head_major(dq), _head_major(dk), _head_major(dv)
