@@ -85,3 +85,23 @@ def test_tpu_kernels_have_no_data_races_on_two_cores(tpu_race_states):
   assert not any(state.races_found for state in tpu_race_states)
   for name, limit in testing.TOLERANCES["float32"].items():
     assert errors[name] <= limit, (name, errors[name])
+
+
+def test_race_detector_finds_a_planted_race(tpu_race_states):
+  """The check above can fail: two grid steps split over two cores write one output block."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax.experimental import pallas as pl  # pylint: disable=g-import-not-at-top
+  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+
+  def racy(x_ref, o_ref):
+    o_ref[...] = x_ref[...] + pl.program_id(0)
+
+  spec = pl.BlockSpec((8, 128), lambda i: (0, 0))
+  pl.pallas_call(
+      racy, grid=(4,), in_specs=[spec], out_specs=spec,
+      out_shape=jax.ShapeDtypeStruct((8, 128), jnp.float32),
+      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
+      interpret=pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2),
+  )(jnp.ones((8, 128), jnp.float32)).block_until_ready()
+  assert len(tpu_race_states) == 1 and tpu_race_states[0].races_found
