@@ -19,9 +19,10 @@ Two modes; each prints one JSON object per measurement and writes all of them to
       groups of 8 samples sharing a prompt; `--attention pallas` decodes with the Pallas
       decode-attention kernels (`qmath_jax.kernels.decode`) instead of XLA's einsums; with
       `--profile` the greedy call runs once more under the profiler, which reports the kernels
-      per decode step, their summed time and the 25 costliest (`profile_decode`). Decode step time = decode seconds / decode steps of
-      the second (compiled) run. Roofline per step = (decode weight bytes + prompt and own KV
-      bytes in use at that step, averaged over the steps) / `--hbm_tbps`.
+      per decode step, their summed time and the 25 costliest (`profile_decode`). Decode step
+      time = decode seconds / decode steps of the second (compiled) run. Roofline per step =
+      (decode weight bytes + prompt and own KV bytes in use at that step, averaged over the
+      steps) / `--hbm_tbps`.
 """
 
 import argparse

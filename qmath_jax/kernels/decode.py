@@ -24,9 +24,7 @@ from jax.sharding import PartitionSpec as P
 from qmath_jax.kernels import decode_gpu
 from qmath_jax.kernels import decode_reference
 from qmath_jax.kernels import decode_tpu
-
-BACKENDS = ("auto", "tpu", "gpu", "reference")
-
+from qmath_jax.kernels import flash
 
 def decode_attention(q, prompt_k, prompt_v, prompt_valid, own_k, own_v, own_len, *,
                      backend: str = "auto", interpret: bool = False,
@@ -41,7 +39,7 @@ def decode_attention(q, prompt_k, prompt_v, prompt_valid, own_k, own_v, own_len,
     own_k: `[rows, kv_heads, own_slots, head_dim]`.
     own_v: `[rows, kv_heads, own_slots, head_dim]`.
     own_len: int scalar: own slots `0 .. own_len - 1` are seen (the current token's included).
-    backend: "tpu", "gpu", "reference" or "auto" (module docstring).
+    backend: "tpu", "gpu", "reference" or "auto" (`flash.resolve_backend`).
     interpret: run the Pallas kernels in interpret mode (CPU tests); for "tpu" also a
       `pltpu.InterpretParams` (e.g. race detection over several cores).
     min_programs: GPU: the prompt kernel splits the prompt until its grid has this many
@@ -61,12 +59,7 @@ def decode_attention(q, prompt_k, prompt_v, prompt_valid, own_k, own_v, own_len,
   if prompt_valid.shape != (groups, prompt_len):
     raise ValueError(f"decode_attention: prompt_valid {prompt_valid.shape} must be "
                      f"[groups, prompt_len] = {(groups, prompt_len)}")
-  if backend not in BACKENDS:
-    raise ValueError(f"decode_attention: backend must be one of {BACKENDS}, got {backend!r}")
-  if backend == "auto":
-    platform = jax.default_backend()
-    backend = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu"}.get(
-        platform, "gpu" if interpret else "reference")
+  backend = flash.resolve_backend(backend, interpret)
   args = (q, prompt_k, prompt_v, prompt_valid, own_k, own_v, own_len)
   if backend == "gpu" and decode_gpu.fits_kernel(head_dim, prompt_len, own_k.shape[2]):
     return decode_gpu.decode_attention(*args, interpret=interpret, min_programs=min_programs)

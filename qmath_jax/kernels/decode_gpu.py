@@ -175,7 +175,8 @@ def decode_attention(q, prompt_k, prompt_v, prompt_valid, own_k, own_v, own_len,
       compiler_params=params,
       interpret=interpret,
       name="decode_attention_own",
-  )(jnp.pad(q_rows, ((0, 0), (0, 0), (0, tile - g), (0, 0))), own_k, own_v, jnp.reshape(own_len, (1,)).astype(jnp.int32))
+  )(jnp.pad(q_rows, ((0, 0), (0, 0), (0, tile - g), (0, 0))), own_k, own_v,
+    jnp.reshape(own_len, (1,)).astype(jnp.int32))
 
   # Combine the splits: weights 2^(lse - max lse); the largest part has weight 1.
   lse = jnp.concatenate([lse_prompt, lse_own[:, :, :g, None]], axis=-1)   # [rows, kv, g, parts]

@@ -16,7 +16,8 @@ def rows_to_groups(x, groups: int):
 
 
 def groups_to_rows(x, n: int):
-  """Inverse of `rows_to_groups`: `[groups, kv_heads, n * g, ...]` -> `[groups * n, kv_heads, g, ...]`."""
+  """Inverse of `rows_to_groups`: `[groups, kv_heads, n * g, ...]` ->
+  `[groups * n, kv_heads, g, ...]`."""
   groups, kv_heads, ng = x.shape[:3]
   g = ng // n
   x = x.reshape((groups, kv_heads, n, g) + x.shape[3:])

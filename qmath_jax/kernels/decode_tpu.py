@@ -51,13 +51,13 @@ def fits_kernel(own_slots: int) -> bool:
 
 def _update(q, k, v, allowed, sm_scale, max_sc, sum_sc, acc_sc):
   """One online-softmax step over a key tile `[keys, d]`; allowed is bool `[rows, keys]`."""
-  scores = jnp.where(allowed, tpu._nt(q, k) * sm_scale, tpu.MASK_VALUE)  # pylint: disable=protected-access
+  scores = jnp.where(allowed, tpu.dot_nt(q, k) * sm_scale, tpu.MASK_VALUE)
   old_max = max_sc[...]
   new_max = jnp.maximum(old_max, scores.max(axis=1, keepdims=True))
   probs = jnp.where(allowed, jnp.exp(scores - new_max), 0.0)
   rescale = jnp.exp(old_max - new_max)
   sum_sc[...] = sum_sc[...] * rescale + probs.sum(axis=1, keepdims=True)
-  acc_sc[...] = acc_sc[...] * rescale + tpu._nn(probs.astype(v.dtype), v)  # pylint: disable=protected-access
+  acc_sc[...] = acc_sc[...] * rescale + tpu.dot_nn(probs.astype(v.dtype), v)
   max_sc[...] = new_max
 
 

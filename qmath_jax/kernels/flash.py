@@ -51,7 +51,7 @@ def resolve_backend(backend, interpret=False):
   `interpret` is set.
   """
   if backend not in BACKENDS:
-    raise ValueError(f"flash_attention: backend must be one of {BACKENDS}, got {backend!r}")
+    raise ValueError(f"kernels: backend must be one of {BACKENDS}, got {backend!r}")
   if backend != "auto":
     return backend
   platform = jax.default_backend()

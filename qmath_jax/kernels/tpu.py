@@ -24,14 +24,14 @@ MASK_VALUE = -1e30
 SQ = pl.squeezed
 
 
-def _nt(a, b):
+def dot_nt(a, b):
   """a @ b.T with fp32 accumulation: `[m, k] x [n, k] -> [m, n]`."""
   precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
   return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision,
                              preferred_element_type=jnp.float32)
 
 
-def _nn(a, b):
+def dot_nn(a, b):
   """a @ b with fp32 accumulation: `[m, k] x [k, n] -> [m, n]`."""
   precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
   return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision,
@@ -111,7 +111,7 @@ def _forward_kernel(lo_ref, hi_ref, *refs, causal, has_segments, sm_scale, block
 
   @pl.when((k_block >= lo) & (k_block < hi))
   def _step():
-    scores = _nt(q_ref[...], k_ref[...]) * sm_scale
+    scores = dot_nt(q_ref[...], k_ref[...]) * sm_scale
     mask = _tile_mask(block_q, block_k, q_block * block_q, k_block * block_k,
                       q_seg_ref[...] if has_segments else None,
                       k_seg_ref[...] if has_segments else None, causal, keys_on_rows=False)
@@ -123,7 +123,7 @@ def _forward_kernel(lo_ref, hi_ref, *refs, causal, has_segments, sm_scale, block
     probs = jnp.exp(scores - new_max)
     sum_sc[...] = sum_sc[...] * rescale + probs.sum(axis=1, keepdims=True)
     v = v_ref[...]
-    acc_sc[...] = acc_sc[...] * rescale + _nn(probs.astype(v.dtype), v)
+    acc_sc[...] = acc_sc[...] * rescale + dot_nn(probs.astype(v.dtype), v)
     max_sc[...] = new_max
 
   @pl.when(k_block == pl.num_programs(3) - 1)
@@ -203,16 +203,16 @@ def _dq_kernel(lo_ref, hi_ref, *refs, causal, has_segments, sm_scale, block_q, b
   @pl.when((k_block >= lo) & (k_block < hi))
   def _step():
     k = k_ref[...]
-    scores = _nt(q_ref[...], k) * sm_scale
+    scores = dot_nt(q_ref[...], k) * sm_scale
     mask = _tile_mask(block_q, block_k, q_block * block_q, k_block * block_k,
                       q_seg_ref[...] if has_segments else None,
                       k_seg_ref[...] if has_segments else None, causal, keys_on_rows=False)
     if mask is not None:
       scores = jnp.where(mask, scores, MASK_VALUE)
     probs = jnp.exp(scores - lse_ref[...])
-    dprobs = _nt(do_ref[...], v_ref[...])
+    dprobs = dot_nt(do_ref[...], v_ref[...])
     dscores = probs * (dprobs - delta_ref[...])
-    dq_sc[...] += _nn(dscores.astype(k.dtype), k)
+    dq_sc[...] += dot_nn(dscores.astype(k.dtype), k)
 
   @pl.when(k_block == pl.num_programs(3) - 1)
   def _finish():
@@ -240,17 +240,17 @@ def _dkv_kernel(lo_ref, hi_ref, *refs, causal, has_segments, sm_scale, block_q, 
     # Transposed tiles [block_k, block_q]: keys along rows, queries along columns.
     q = q_ref[...]
     do = do_ref[...]
-    scores = _nt(k_ref[...], q) * sm_scale
+    scores = dot_nt(k_ref[...], q) * sm_scale
     mask = _tile_mask(block_k, block_q, k_block * block_k, q_block * block_q,
                       k_seg_ref[...] if has_segments else None,
                       q_seg_ref[...] if has_segments else None, causal, keys_on_rows=True)
     if mask is not None:
       scores = jnp.where(mask, scores, MASK_VALUE)
     probs = jnp.exp(scores - lse_ref[...])
-    dv_sc[...] += _nn(probs.astype(do.dtype), do)
-    dprobs = _nt(v_ref[...], do)
+    dv_sc[...] += dot_nn(probs.astype(do.dtype), do)
+    dprobs = dot_nt(v_ref[...], do)
     dscores = probs * (dprobs - delta_ref[...])
-    dk_sc[...] += _nn(dscores.astype(q.dtype), q)
+    dk_sc[...] += dot_nn(dscores.astype(q.dtype), q)
 
   @pl.when(step == pl.num_programs(3) - 1)
   def _finish():

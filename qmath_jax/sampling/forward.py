@@ -28,6 +28,7 @@ from qmath_jax.model import attention
 from qmath_jax.model.config import ModelConfig
 from qmath_jax.model.layers import apply_rope
 
+
 def rms_norm(x, scale, eps: float):
   """x / rms(x) * scale: normalised in fp32, cast, then scaled (the model's rounding order)."""
   x32 = x.astype(jnp.float32)
