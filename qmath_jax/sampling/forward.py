@@ -16,7 +16,8 @@ last prompt slot holds every prompt's last token, and true positions come throug
 Numerics follow `qmath_jax.model`: matmuls in the compute dtype, RMSNorm and softmax in fp32,
 logits in fp32. Weights come from `qmath_jax.sampling.weights.prepare`; on a tensor-parallel
 mesh they arrive split over heads, MLP units and vocabulary, and XLA partitions these functions
-from those shardings.
+from those shardings. With `attention="pallas"` the prefill runs the flash kernel and the decode
+step the decode-attention kernels (`qmath_jax.kernels.decode`), under `shard_map` on a mesh.
 """
 
 import jax

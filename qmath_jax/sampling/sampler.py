@@ -36,6 +36,8 @@ How a call runs:
   decode weights over 'tensor' (heads, MLP units, vocabulary: `weights.TensorLayout`), the KV
   caches with their heads; the weights are laid out straight into their shards. What the host
   reads (tokens, log-probs, done flags, step counts) leaves the jitted functions replicated.
+- Attention follows the model config: `attention="pallas"` prefills with the flash kernel and
+  decodes with the decode-attention kernels (`qmath_jax.kernels.decode`), else XLA's einsums.
 - A mesh may span several processes (a TPU pod slice under `jax.distributed`): every process
   calls `generate` with the same prompts and arguments, as it runs the same program. Each builds
   the global inputs from its own identical host copy, reads the replicated outputs from its own
