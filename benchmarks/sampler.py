@@ -129,7 +129,11 @@ def run_cpu(args, records):
     cfg, params = load_hf(pathlib.Path(tmp))
   prompts = _random_prompts(args.batch, args.prompt, args.vocab)
   rows = args.batch * args.n
-  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), max_rows=rows,
+  mesh = None
+  if args.mesh:
+    from qmath_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    mesh = mesh_lib.make_mesh([int(size) for size in args.mesh.split(",")])
+  sampler = Sampler(cfg, params, IdsOnlyTokenizer(), mesh=mesh, max_rows=rows,
                     initial_cache_len=args.initial_cache)
   tokens, first, best = _timed(
       lambda: [c.token_ids for group in sampler.generate_ids(prompts, n=args.n,
@@ -140,7 +144,7 @@ def run_cpu(args, records):
   result = {"mode": "cpu", "batch": args.batch, "n": args.n, "prompt": args.prompt,
             "new": args.new, "initial_cache": args.initial_cache,
             "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
-            "params": cfg.num_params, "cpus": os.cpu_count(),
+            "params": cfg.num_params, "cpus": os.cpu_count(), "mesh": args.mesh,
             "torch_threads": theirs["torch_threads"], "transformers": theirs["transformers"],
             "qmath_jax_first_call_s": first, "qmath_jax_tokens_per_s": new_tokens / best,
             "transformers_first_call_s": theirs["first_call_s"],
@@ -267,6 +271,9 @@ def main(argv=None):
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--vocab", type=int, default=4096)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--mesh", default="",
+                      help="cpu mode: sampler mesh 'data,fsdp,tensor' (e.g. 2,1,1 with "
+                           "XLA_FLAGS=--xla_force_host_platform_device_count=2); default none")
   parser.add_argument("--torch_threads", type=int, default=0,
                       help="cpu mode: torch intra-op threads (0: one per CPU)")
   args = parser.parse_args(argv)

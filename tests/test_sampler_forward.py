@@ -158,6 +158,19 @@ def test_mesh_sharded_equals_single_device(model):
       np.testing.assert_allclose(x.logprobs, y.logprobs, rtol=0, atol=1e-5)
 
 
+def test_mesh_takes_params_committed_to_one_device(model):
+  """Params committed to one device (as `hf.load_hf` returns them) are copied onto the mesh."""
+  cfg, params, tokenizer = model
+  knobs = dict(n=2, temperature=1.3, top_k=50, max_new_tokens=NEW, seed=3)
+  plain = Sampler(cfg, params, tokenizer).generate(PROMPTS, **knobs)
+  one_device = jax.device_put(params, jax.devices()[1])
+  mesh = make_mesh((4, 1, 2))
+  sampler = Sampler(cfg, one_device, tokenizer, mesh=mesh)
+  assert sampler._weights["embedding"].sharding.device_set == set(mesh.devices.flat)  # pylint: disable=protected-access
+  assert [[c.token_ids for c in g] for g in sampler.generate(PROMPTS, **knobs)] == [
+      [c.token_ids for c in g] for g in plain]
+
+
 @pytest.mark.parametrize("shape,layout", [
     ((2, 2, 2), TensorLayout(attn=2, mlp=2, vocab=2)),
     # 2 kv heads do not split 4 ways: attention stays whole, the MLP and vocabulary split.

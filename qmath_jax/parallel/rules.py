@@ -39,6 +39,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def onto_mesh(tree: Any, mesh: Mesh) -> Any:
+  """`tree` with every array that is not laid out over exactly `mesh`'s devices (e.g. the
+  one-device params of `hf.load_hf`, or numpy arrays) copied whole onto each of them.
+
+  Arrays already on the mesh's devices keep their sharding. jit takes no mix of arrays
+  committed to different device sets, so a function jitted for `mesh` needs this for inputs
+  made elsewhere. On a mesh spanning several processes each process copies its own host value.
+  """
+  devices = set(mesh.devices.flat)
+
+  def one(x):
+    if isinstance(x, jax.Array) and (x.sharding.device_set == devices
+                                     or not x.is_fully_addressable):
+      return x  # on the mesh, or another process's data: left for jit to place or reject
+    return jax.device_put(np.asarray(x), replicated(mesh))
+
+  return jax.tree.map(one, tree)
+
+
 def _axis_size(mesh: Mesh, entry) -> int:
   if entry is None:
     return 1

@@ -63,6 +63,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from qmath_jax.model.config import ModelConfig
 from qmath_jax.parallel import batch as parallel_batch
 from qmath_jax.parallel import mesh as mesh_lib
+from qmath_jax.parallel import rules as parallel_rules
 from qmath_jax.sampling import filters, forward, stops, weights
 from qmath_jax.sampling.types import Completion
 
@@ -292,12 +293,14 @@ class Sampler:
 
     Args:
       params: as for the constructor, e.g. the train state's params (global arrays, any
-        sharding on the mesh): they are re-laid out straight into the decode shards.
+        sharding on the mesh): they are re-laid out straight into the decode shards. Arrays
+        off the mesh (e.g. `hf.load_hf`'s one-device params) are first copied onto it.
     """
     weights.check_params(self.cfg, params)
     if self.mesh is None:
       self._weights = weights.prepare_jit(self.cfg, params, self.layout)
       return
+    params = parallel_rules.onto_mesh(params, self.mesh)
     self._weights = _prepare_sharded(self.cfg, self.layout, self.mesh)(params)
 
   def _put(self, x: np.ndarray) -> jax.Array:
