@@ -111,6 +111,15 @@ def test_scorer_on_a_mesh_equals_one_device(rm_params):
                              atol=1e-5)
 
 
+def test_scorer_on_a_mesh_takes_params_committed_to_one_device(rm_params):
+  """RM params loaded onto one device (not the mesh's layout) are copied onto the mesh."""
+  mesh = parallel.make_mesh((4, 1, 2))
+  one_device = jax.device_put(rm_params, jax.devices()[3])
+  scorer = rewards.RewardModelScorer(CFG, one_device, TOKENIZER, batch_size=4, mesh=mesh)
+  np.testing.assert_allclose(scorer.score(CONVERSATIONS), _direct_scores(rm_params), rtol=0,
+                             atol=1e-5)
+
+
 def test_scorer_rejects_long_conversations_naming_index_and_lengths(rm_params):
   scorer = rewards.RewardModelScorer(CFG, rm_params, TOKENIZER, max_length=100)
   length = len(TOKENIZER.encode(chat.render(CONVERSATIONS[2])))

@@ -100,7 +100,8 @@ class RewardModelScorer:
       batch_size: rows per forward (the last batch is padded to it); on a mesh, rounded up
         to a multiple of data x fsdp.
       max_length: longest conversation in tokens (default: the model's max positions).
-      mesh: optional mesh that `rm_params` live on (needed when it spans several processes).
+      mesh: optional mesh that `rm_params` live on (needed when it spans several processes);
+        params off it (e.g. loaded onto one device) are copied onto it whole.
     """
     max_length = max_length or model_config.max_position_embeddings
     if batch_size < 1 or max_length < 1:
@@ -114,6 +115,7 @@ class RewardModelScorer:
     if mesh is not None:
       shards = parallel.batch_shards(mesh)
       batch_size = -(-batch_size // shards) * shards
+      rm_params = parallel.onto_mesh(rm_params, mesh)
     self.cfg = model_config
     self.params = rm_params
     self.tokenizer = tokenizer
