@@ -171,14 +171,55 @@ def test_grpo_matches_hand_computation(normalisation):
   assert float(aux["weight"]) == (3 if normalisation == "sequence" else len(all_tokens))
 
 
-def test_group_normalised_advantages():
-  rewards = np.array([[0.7, -0.2, 0.3, -0.9], [0.5, 0.5, 0.5, 0.5]], np.float32)
-  adv = np.asarray(losses.group_normalised_advantages(jnp.asarray(rewards)))
-  row = rewards[0]
-  mean = sum(row) / 4
-  std = math.sqrt(sum((r - mean) ** 2 for r in row) / 4)
-  np.testing.assert_allclose(adv[0], [(r - mean) / (std + 1e-6) for r in row], rtol=1e-5)
-  np.testing.assert_array_equal(adv[1], np.zeros(4))
+@pytest.mark.parametrize("scale_by_std", [True, False])
+def test_group_advantages_match_hand_computation(scale_by_std):
+  # Row 0 varies; rows 1-3 are all-equal groups, of values fp32 cannot hold exactly (an fp32
+  # mean an ulp off once gave 0.03-0.1 here when divided by std + eps).
+  rewards = np.array([[0.7, -0.2, 0.3, -0.9, 0.1, 0.4, -0.6, 0.8], [0.3] * 8, [-0.62] * 8,
+                      [1.0] * 8], np.float32)
+  adv = np.asarray(losses.group_normalised_advantages(jnp.asarray(rewards),
+                                                      scale_by_std=scale_by_std))
+  assert adv.dtype == np.float32
+  row = [float(r) for r in rewards[0]]
+  mean = sum(row) / len(row)
+  std = math.sqrt(sum((r - mean) ** 2 for r in row) / len(row))
+  scale = std + 1e-6 if scale_by_std else 1.0
+  np.testing.assert_allclose(adv[0], [(r - mean) / scale for r in row], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(adv[1:], np.zeros((3, 8)))  # exactly 0, no NaN
+
+
+def test_group_advantages_default_is_the_spec_std_scaling():
+  rewards = jnp.asarray([[1.0, 0.0, 0.0, 0.0]])
+  np.testing.assert_allclose(np.asarray(losses.group_normalised_advantages(rewards)),
+                             [[3 ** 0.5, -(3 ** -0.5), -(3 ** -0.5), -(3 ** -0.5)]], rtol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(losses.group_normalised_advantages(rewards, scale_by_std=False)),
+      [[0.75, -0.25, -0.25, -0.25]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("normalisation", ["sequence", "token"])
+def test_grpo_aggregation_weights_long_completions_only_in_token_mode(normalisation):
+  """On-policy, no KL: the loss is minus the (sequence- or token-) mean of the advantages."""
+  b, length, vocab = 3, 9, 4
+  logits = np.random.default_rng(0).normal(size=(b, length, vocab)).astype(np.float32)
+  tokens = np.zeros((b, length), np.int32)
+  # Completions of 6, 1 and 3 tokens after a 2-token prompt; padding after them.
+  lengths = np.array([6, 1, 3])
+  segment_ids = (np.arange(length)[None] < 2 + lengths[:, None]).astype(np.int32)
+  loss_mask = segment_ids * (np.arange(length)[None] >= 2)
+  adv = np.array([1.0, -2.0, 0.5], np.float32)
+  model = FixedOutput(logits)
+  loss_fn = losses.get_loss("grpo", model, kl_beta=0.0, normalisation=normalisation)
+  batch = {"tokens": tokens, "segment_ids": segment_ids, "loss_mask": loss_mask,
+           "advantages": adv}
+  loss, aux = loss_fn(_params(model), {k: jnp.asarray(v) for k, v in batch.items()}, None)
+  if normalisation == "sequence":
+    expected, weight = -adv.mean(), 3  # (1 - 2 + 0.5) / 3
+  else:
+    expected, weight = -(adv * lengths).sum() / lengths.sum(), 10  # (6 - 2 + 1.5) / 10
+  assert loss.dtype == jnp.float32
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+  assert float(aux["weight"]) == weight
 
 
 def test_unknown_loss_name_lists_the_registered_ones():

@@ -252,20 +252,27 @@ def rm_listwise_loss(model: nn.Module) -> LossFn:
 # ----------------------------------------------------------------------------- GRPO
 
 
-def group_normalised_advantages(rewards: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """SPEC §3.3: (r_i - mean(r)) / std(r) within each group.
+def group_normalised_advantages(rewards: jax.Array, scale_by_std: bool = True,
+                                eps: float = 1e-6) -> jax.Array:
+  """SPEC §3.3: (r_i - mean(r)) / std(r) within each group; r_i - mean(r) without scaling.
 
   Args:
     rewards: float `[num_groups, group_size]`.
-    eps: added to the standard deviation (groups whose rewards are all equal get 0).
+    scale_by_std: divide by the group's (population) standard deviation (SPEC); False gives
+      the "Dr. GRPO" advantage r_i - mean(r), which leaves low-variance groups small.
+    eps: added to the standard deviation.
 
   Returns:
-    float32 `[num_groups, group_size]`.
+    float32 `[num_groups, group_size]`. A group whose rewards are all equal gets exactly 0
+    in both settings (its fp32 mean can be an ulp off the rewards, which `/ (std + eps)` would
+    otherwise blow up to a few hundredths).
   """
   rewards = rewards.astype(jnp.float32)
-  mean = rewards.mean(axis=-1, keepdims=True)
-  std = rewards.std(axis=-1, keepdims=True)
-  return (rewards - mean) / (std + eps)
+  centred = rewards - rewards.mean(axis=-1, keepdims=True)
+  if scale_by_std:
+    centred = centred / (rewards.std(axis=-1, keepdims=True) + eps)
+  all_equal = rewards.max(axis=-1, keepdims=True) == rewards.min(axis=-1, keepdims=True)
+  return jnp.where(all_equal, 0.0, centred)
 
 
 @register_loss("grpo")
