@@ -14,7 +14,11 @@ that work the documents actually need.
 cuDNN through `jax.nn.dot_product_attention` takes no segment ids, so it has no
 packed figures; XLA materialises the [l, l] scores and runs only at length 4096.
 
+`ours_atomic` is ours with `LaunchSettings(dq_atomic=True)`: dq added by atomics inside the
+dk/dv pass (not bitwise reproducible; see `kernels.gpu.LaunchSettings`).
+
   python benchmarks/attention.py --out attention.json [--sweep] [--quick]
+  python benchmarks/attention.py --impls ours,ours_atomic,cudnn --lengths 4096 --shapes 7B
 """
 
 import argparse
@@ -48,7 +52,8 @@ BACKWARD_CANDIDATES = [
     dict(block_q_dkv=32, block_k_dkv=128, block_q_dq=128, block_k_dq=32, backward_warps=4,
          backward_stages=3),
 ]
-LAUNCH_FIELDS = ("forward_warps", "forward_stages", "backward_warps", "backward_stages")
+LAUNCH_FIELDS = ("forward_warps", "forward_stages", "backward_warps", "backward_stages",
+                 "dq_atomic")
 
 
 def causal_flops(batch, length, heads, head_dim, backward):
@@ -124,6 +129,8 @@ def measure(impl, shape_name, length, packed, tiling=None, interpret=False, head
   """One record: forward and forward+backward milliseconds and TFLOP/s."""
   heads, kv_heads = SHAPES[shape_name]
   batch = max(1, tokens // length)
+  if impl == "ours_atomic":
+    tiling = dict(tiling or {}, dq_atomic=True)
   keys = jax.random.split(jax.random.key(length + heads), 4)
   q = jax.random.normal(keys[0], (batch, length, heads, head_dim), dtype)
   k = jax.random.normal(keys[1], (batch, length, kv_heads, head_dim), dtype)
@@ -137,7 +144,8 @@ def measure(impl, shape_name, length, packed, tiling=None, interpret=False, head
     # Needed work relative to an unpacked causal row; TFLOP/s stay causal-equivalent.
     record["work_fraction"] = causal_work_fraction(segment_ids)
   try:
-    attend = make_attention(impl, segment_ids, tiling or {}, interpret)
+    attend = make_attention("ours" if impl == "ours_atomic" else impl, segment_ids, tiling or {},
+                            interpret)
     forward = jax.jit(attend)
     forward_backward = jax.jit(lambda q, k, v, d: jax.vjp(attend, q, k, v)[1](d))
     fwd_s = time_call(forward, (q, k, v))
@@ -179,10 +187,15 @@ def main(argv=None):
   parser.add_argument("--sweep", action="store_true", help="try GPU tilings first")
   parser.add_argument("--quick", action="store_true",
                       help="tiny sizes in interpret mode: checks the script runs on CPU")
-  parser.add_argument("--impls", default="ours,cudnn,xla")
+  parser.add_argument("--impls", default="ours,cudnn,xla",
+                      help="of ours, ours_atomic (dq by atomics in the dk/dv pass), cudnn, xla")
+  parser.add_argument("--lengths", default="", help="e.g. 4096 (default: 4096,16384)")
+  parser.add_argument("--shapes", default="7B,1.5B")
   args = parser.parse_args(argv)
   interpret = args.quick
   lengths = (128, 256) if args.quick else (4096, 16384)
+  if args.lengths:
+    lengths = tuple(int(length) for length in args.lengths.split(","))
   tokens = 256 if args.quick else TOKENS_PER_CASE
   xla_max_length = 128 if args.quick else 4096
   started = time.time()
@@ -193,7 +206,7 @@ def main(argv=None):
   records = []
   # Most telling cases first, so a run cut short still holds them.
   for length in lengths:
-    for shape_name in ("7B", "1.5B"):
+    for shape_name in args.shapes.split(","):
       for packed in (False, True):
         for impl in args.impls.split(","):
           if impl == "cudnn" and packed:
@@ -201,7 +214,7 @@ def main(argv=None):
           if impl == "xla" and length > xla_max_length:
             continue
           records.append(measure(impl, shape_name, length, packed,
-                                 tiling=tiling if impl == "ours" else None,
+                                 tiling=tiling if impl.startswith("ours") else None,
                                  interpret=interpret, tokens=tokens, stream=stream))
   summary = dict(device=str(jax.devices()[0].device_kind), jax=jax.__version__,
                  flops_convention="causal: 0.5 * 4*b*h*l*l*d forward; fwd+bwd = 2.5x forward",
@@ -219,14 +232,14 @@ def main(argv=None):
 
 def print_table(records):
   """Short fixed-width table of the records (last in the output)."""
-  print(f"{'impl':6} {'shape':5} {'len':>6} {'packed':6} {'fwd ms':>8} {'fwd TF/s':>9} "
+  print(f"{'impl':11} {'shape':5} {'len':>6} {'packed':6} {'fwd ms':>8} {'fwd TF/s':>9} "
         f"{'f+b ms':>8} {'f+b TF/s':>9}")
   for r in records:
     cells = []
     for key, width, digits in (("fwd_ms", 8, 3), ("fwd_tflops", 9, 1), ("fwdbwd_ms", 8, 3),
                                ("fwdbwd_tflops", 9, 1)):
       cells.append(f"{r[key]:{width}.{digits}f}" if key in r else f"{'err':>{width}}")
-    print(f"{r['impl']:6} {r['shape']:5} {r['length']:6d} {str(r['packed']):6} " + " ".join(cells))
+    print(f"{r['impl']:11} {r['shape']:5} {r['length']:6d} {str(r['packed']):6} " + " ".join(cells))
 
 
 if __name__ == "__main__":

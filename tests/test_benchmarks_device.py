@@ -23,8 +23,21 @@ def test_gpu_check_passes_in_interpret_mode(tmp_path):
   _run(["benchmarks/device/check_gpu.py", "--interpret", "--out", str(out)], tmp_path)
   results = json.loads(out.read_text())["results"]
   kernels = [r.get("kernel", "flash_attention") for r in results]
-  assert kernels.count("decode_attention") == 2 and kernels.count("flash_attention") == 4
+  assert kernels.count("decode_attention") == 2 and kernels.count("flash_attention") == 5
+  assert [r.get("dq_atomic") for r in results].count(True) == 1
   assert all(r["passed"] for r in results)
+
+
+def test_attention_benchmark_runs_in_interpret_mode(tmp_path):
+  """`attention.py --quick`: ours (and with dq by atomics) against XLA on tiny shapes."""
+  out = tmp_path / "attention.json"
+  _run(["benchmarks/attention.py", "--quick", "--impls", "ours,ours_atomic,xla", "--lengths",
+        "128", "--shapes", "1.5B", "--out", str(out)], tmp_path)
+  records = json.loads(out.read_text())["records"]
+  assert [(r["impl"], r["packed"]) for r in records] == [
+      (impl, packed) for packed in (False, True) for impl in ("ours", "ours_atomic", "xla")]
+  assert all(r["fwdbwd_tflops"] > 0 and "error" not in r for r in records)
+  assert all(r["tiling"] == {"dq_atomic": True} for r in records if r["impl"] == "ours_atomic")
 
 
 def test_sampler_device_mode_with_pallas_decode(tmp_path):

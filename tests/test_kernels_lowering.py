@@ -6,11 +6,14 @@ and without packed segments), which interpret mode does not. Compiling the lower
 machine code still needs the accelerator.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from qmath_jax.kernels import flash
+from qmath_jax.kernels import gpu
 from qmath_jax.kernels import testing
 
 KERNELS = ("flash_attention_forward", "flash_attention_dq", "flash_attention_dkv")
@@ -21,9 +24,9 @@ SHAPES = {  # heads, kv_heads, head_dim
 }
 
 
-def _value_and_grads(backend, segment_ids):
+def _value_and_grads(backend, segment_ids, **kwargs):
   def loss(q, k, v):
-    out = flash.flash_attention(q, k, v, segment_ids=segment_ids, backend=backend)
+    out = flash.flash_attention(q, k, v, segment_ids=segment_ids, backend=backend, **kwargs)
     return out.astype(jnp.float32).sum()
   return jax.value_and_grad(loss, argnums=(0, 1, 2))
 
@@ -45,3 +48,19 @@ def test_kernels_lower_for_their_backend(backend, platform, device_kind, shape, 
   assert module.count(testing.KERNEL_CALL_TARGETS[platform]) == len(KERNELS)
   for name in KERNELS:
     assert name in module
+
+
+@pytest.mark.parametrize("shape", ["qwen2.5-math-7b", "head_dim_64"])
+@pytest.mark.parametrize("segments", [False, True])
+def test_atomic_dq_backward_lowers_for_cuda(shape, segments):
+  """`dq_atomic`: two kernels (forward; dk/dv with dq's atomic adds), no dq pass."""
+  heads, kv_heads, head_dim = SHAPES[shape]
+  q = jax.ShapeDtypeStruct((2, 1024, heads, head_dim), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((2, 1024, kv_heads, head_dim), jnp.bfloat16)
+  segment_ids = jnp.zeros((2, 1024), jnp.int32) if segments else None
+  grads = _value_and_grads("gpu", segment_ids, gpu_launch=gpu.LaunchSettings(dq_atomic=True))
+  module = testing.lower_for("cuda", grads, q, kv, kv)
+  assert module.count(testing.KERNEL_CALL_TARGETS["cuda"]) == 2
+  names = set(re.findall(r"flash_attention_\w+", module))
+  assert names == {"flash_attention_forward", "flash_attention_dkv_dq"}
+  assert "atomic_rmw" in module  # the Triton op that adds dq's tiles

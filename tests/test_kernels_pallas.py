@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
-from qmath_jax.kernels import BlockSizes
+from qmath_jax.kernels import BlockSizes, LaunchSettings
 from qmath_jax.kernels import testing
 
 SMALL_BLOCKS = {
@@ -23,13 +23,15 @@ BACKENDS = tuple(SMALL_BLOCKS)
 
 
 def _check(backend, length, ratio, segments, dtype, head_dim, causal=True, small_blocks=True,
-           batch=2):
+           batch=2, dq_atomic=False):
   seed = int(np.random.SeedSequence().entropy % (2**31))
   kv_heads = 1 if ratio == 7 else 2
   inputs = testing.random_inputs(seed, batch, length, ratio * kv_heads, kv_heads, head_dim,
                                  dtype, segments)
+  extra = {"gpu_launch": LaunchSettings(dq_atomic=True)} if dq_atomic else {}
   errors = testing.kernel_errors(*inputs, causal=causal, backend=backend, interpret=True,
-                                 block_sizes=SMALL_BLOCKS[backend] if small_blocks else None)
+                                 block_sizes=SMALL_BLOCKS[backend] if small_blocks else None,
+                                 **extra)
   for name, limit in testing.TOLERANCES[dtype].items():
     assert errors[name] <= limit, f"{backend} {name} error {errors[name]:.3g} > {limit} (seed {seed})"
 
@@ -43,6 +45,15 @@ def _check(backend, length, ratio, segments, dtype, head_dim, causal=True, small
 ])
 def test_matches_reference(backend, length, ratio, segments, dtype, head_dim):
   _check(backend, length, ratio, segments, dtype, head_dim, batch=1)
+
+
+# The GPU backward with dq added by atomics in the dk/dv pass (`LaunchSettings.dq_atomic`).
+@pytest.mark.parametrize("length,ratio,segments,dtype,head_dim,causal", [
+    (200, 7, True, "float32", 64, True),
+    (256, 2, False, "bfloat16", 128, False),
+])
+def test_atomic_dq_matches_reference(length, ratio, segments, dtype, head_dim, causal):
+  _check("gpu", length, ratio, segments, dtype, head_dim, causal, batch=1, dq_atomic=True)
 
 
 @pytest.mark.slow
@@ -71,6 +82,14 @@ def test_default_blocks_odd_length(backend):
     (128, 200, 384, 1024), (1, 2, 4, 7), (False, True), ("float32", "bfloat16"))))
 def test_full_grid(backend, length, ratio, segments, dtype):
   _check(backend, length, ratio, segments, dtype, head_dim=128 if length % 256 else 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("length,ratio,segments,dtype,causal", list(itertools.product(
+    (128, 200, 384), (1, 2, 4, 7), (False, True), ("float32", "bfloat16"), (True, False))))
+def test_atomic_dq_grid(length, ratio, segments, dtype, causal):
+  _check("gpu", length, ratio, segments, dtype, head_dim=128 if length % 256 else 64,
+         causal=causal, dq_atomic=True)
 
 
 def test_tpu_kernels_have_no_data_races_on_two_cores(tpu_race_states):

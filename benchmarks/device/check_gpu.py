@@ -10,6 +10,7 @@ them all to --out. Exit status 1 if any case fails its tolerance.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -30,6 +31,11 @@ CASES = [
     (1, 4096, 12, 2, 128, "bfloat16", True, True),
     (2, 200, 4, 2, 64, "float32", False, True),
     (1, 512, 8, 8, 128, "bfloat16", False, False),
+]
+# The same check with dq added by atomics in the dk/dv pass (`LaunchSettings.dq_atomic`).
+ATOMIC_CASES = [
+    (2, 1000, 28, 4, 128, "bfloat16", True, True),
+    (2, 384, 7, 1, 64, "float32", True, True),
 ]
 TOLERANCE = {"bfloat16": 3e-2, "float32": 1e-4}
 # Decode attention: (groups, n, kv_heads, group, prompt_len, own_slots, own_len, head_dim, dtype)
@@ -63,14 +69,15 @@ def check_decode_case(case, seed, interpret):
               passed=error <= TOLERANCE[dtype])
 
 
-def check_case(case, seed, interpret):
+def check_case(case, seed, interpret, dq_atomic=False):
   batch, length, heads, kv_heads, head_dim, dtype, causal, packed = case
   q, k, v, d_out, segment_ids = testing.random_inputs(seed, batch, length, heads, kv_heads,
                                                       head_dim, dtype, packed)
 
   def ours(q, k, v):
     return kernels.flash_attention(q, k, v, segment_ids=segment_ids, causal=causal,
-                                   backend="gpu", interpret=interpret)
+                                   backend="gpu", interpret=interpret,
+                                   gpu_launch=kernels.LaunchSettings(dq_atomic=dq_atomic))
 
   def ref(q, k, v):
     return kernels.reference_attention(q, k, v, segment_ids=segment_ids, causal=causal)
@@ -85,7 +92,8 @@ def check_case(case, seed, interpret):
   errors = {name: testing.relative_error(a, b) for name, a, b in zip(("out", "dq", "dk", "dv"), got, want)}
   passed = all(e <= TOLERANCE[dtype] for e in errors.values())
   return dict(batch=batch, length=length, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
-              dtype=dtype, causal=causal, packed=packed, errors=errors, passed=passed)
+              dtype=dtype, causal=causal, packed=packed, dq_atomic=dq_atomic, errors=errors,
+              passed=passed)
 
 
 def main(argv=None):
@@ -94,11 +102,13 @@ def main(argv=None):
   parser.add_argument("--interpret", action="store_true", help="CPU dry run on small cases")
   args = parser.parse_args(argv)
   jax.config.update("jax_default_matmul_precision", "highest")
-  cases = CASES
+  small = lambda c: (1, min(c[1], 200), min(c[2], 8), min(c[3], 8) if c[2] > 8 else c[3],
+                     c[4], c[5], c[6], c[7])
+  cases, atomic_cases = CASES, ATOMIC_CASES
   if args.interpret:
-    cases = [(1, min(c[1], 200), min(c[2], 8), min(c[3], 8) if c[2] > 8 else c[3], c[4], c[5],
-              c[6], c[7]) for c in CASES[:4]]
+    cases, atomic_cases = [small(c) for c in CASES[:4]], [small(ATOMIC_CASES[-1])]
   checks = [(check_case, case) for case in cases]
+  checks += [(functools.partial(check_case, dq_atomic=True), case) for case in atomic_cases]
   decode_cases = DECODE_CASES
   if args.interpret:
     decode_cases = [(2, 2, 2, 3, 64, 32, 20, 32, "bfloat16"), (1, 3, 1, 5, 48, 16, 16, 16,

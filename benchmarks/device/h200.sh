@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One device call: kernel correctness, sampler decode (XLA and Pallas decode attention, and with
-# command buffers), training step; the attention sweep only with BENCH_SECONDS > 0 (its kernels
-# are unchanged since the recorded sweep). Writes under $OUT. Fits one 600 s call.
+# One device call: kernel correctness, the flash backward with dq by atomics against the default
+# and cuDNN, sampler decode (XLA and Pallas decode attention, and with command buffers); the
+# full attention sweep only with BENCH_SECONDS > 0 and the training step only with
+# TRAIN_SECONDS > 0 (both unchanged since their recorded runs). Writes under $OUT. Fits one
+# 600 s call (at most 495 s of limits by default).
 # Run from the repository root: bash benchmarks/device/h200.sh
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -11,12 +13,17 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv 2>&1 |
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee -a "$OUT/gpu.txt"
 timeout "${CHECK_SECONDS:-90}" python3 benchmarks/device/check_gpu.py --out "$OUT/check.json" \
   2>&1 | tee "$OUT/check.log"
+# Backward with dq added by atomics in the dk/dv pass (5 tile products instead of 7) against
+# the default two-pass backward and cuDNN, at length 4096 (7B heads first).
+timeout "${ATOMIC_SECONDS:-75}" python3 benchmarks/attention.py --impls ours,ours_atomic,cudnn \
+  --lengths 4096 --shapes 7B,1.5B --out "$OUT/attention_atomic.json" \
+  2>&1 | tee "$OUT/attention_atomic.log"
 if [ "${BENCH_SECONDS:-0}" -gt 0 ]; then
   timeout "$BENCH_SECONDS" python3 benchmarks/attention.py --sweep --out "$OUT/attention.json" \
     2>&1 | tee "$OUT/attention.log"
 fi
-# Sampler: decode step against the HBM roofline (greedy, top-p, groups of 8), then the
-# training step (MFU). Each has its own time limit so one slow part cannot eat the call.
+# Sampler: decode step against the HBM roofline (greedy, top-p, groups of 8). Each part has
+# its own time limit so one slow part cannot eat the call.
 # --profile: kernels per decode step and their summed time (is the step launch-bound?).
 timeout "${SAMPLER_SECONDS:-150}" python3 benchmarks/sampler.py --mode device --profile \
   --out "$OUT/sampler.json" 2>&1 | tee "$OUT/sampler.log"
@@ -28,6 +35,8 @@ timeout "${PALLAS_SECONDS:-120}" python3 benchmarks/sampler.py --mode device --s
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
   timeout "${GRAPH_SECONDS:-60}" python3 benchmarks/sampler.py --mode device --settings 1 \
   --out "$OUT/sampler_graphs.json" 2>&1 | tee "$OUT/sampler_graphs.log"
-timeout "${TRAIN_SECONDS:-120}" python3 benchmarks/train_step.py --case gpu \
-  > "$OUT/train_step.json" 2> "$OUT/train_step.log"
-tail -n 3 "$OUT/train_step.json"
+if [ "${TRAIN_SECONDS:-0}" -gt 0 ]; then
+  timeout "$TRAIN_SECONDS" python3 benchmarks/train_step.py --case gpu \
+    > "$OUT/train_step.json" 2> "$OUT/train_step.log"
+  tail -n 3 "$OUT/train_step.json"
+fi

@@ -104,7 +104,9 @@ def flash_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None, ba
     interpret: run the Pallas kernel in interpret mode (CPU); for the TPU backend also a
       `pltpu.InterpretParams` (e.g. race detection over several cores).
     block_sizes: `blocks.BlockSizes`, else the backend's default.
-    gpu_launch: `gpu.LaunchSettings` (Triton warps and stages) for the GPU kernel.
+    gpu_launch: `gpu.LaunchSettings` for the GPU kernel: Triton warps and stages, and
+      `dq_atomic` (dq added by atomics inside the dk/dv pass: fewer products, not bitwise
+      reproducible).
 
   Returns:
     `[batch, length, heads, head_dim]` in q's dtype.

@@ -4,6 +4,8 @@ Layout is the model's: q and dq `[batch, length, heads, head_dim]`; k, v, dk, dv
 `[batch, length, kv_heads, head_dim]`. Query head `h` reads key/value head
 `h // group`; the dk/dv pass runs one program per key block and key/value head
 and loops over that head's `group` query heads, so nothing is repeated in memory.
+With `LaunchSettings.dq_atomic` that pass also adds each tile's dq share into an fp32
+buffer by atomic adds, and the dq pass is skipped.
 Scores live in base 2: `s2 = q.k * sm_scale * log2(e)`, and the saved residual
 is `lse2 = max(s2) + log2(sum(exp2(s2 - max)))`, `[batch, heads, length]` fp32.
 Lengths must be multiples of the block sizes; `flash.py` pads.
@@ -38,11 +40,17 @@ class LaunchSettings:
     forward_stages: software-pipelining depth of the forward kernel.
     backward_warps: warps per program of the dq and dk/dv kernels.
     backward_stages: software-pipelining depth of the dq and dk/dv kernels.
+    dq_atomic: compute dq inside the dk/dv pass, adding each tile's share into an fp32
+      buffer with atomic adds, instead of in a pass of its own. The backward then runs 5
+      tile products instead of 7 (the dq pass recomputes the scores and dO.V^T), but the
+      order of dq's additions varies from run to run, so dq is not bitwise reproducible.
+      Off by default; dq uses the dk/dv tiles (`block_q_dkv`, `block_k_dkv`).
   """
   forward_warps: int | None = None
   forward_stages: int | None = None
   backward_warps: int | None = None
   backward_stages: int | None = None
+  dq_atomic: bool = False
 
 
 def _default_warps(head_dim):
@@ -231,7 +239,14 @@ def _dq_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, block
   dq_ref[...] = (dq * sm_scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, block_k, group):
+def _dkv_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, block_k, group,
+                dq_atomic):
+  """dk, dv of one key block and kv head; with `dq_atomic`, also adds each query tile's dq
+  share (unscaled, fp32) into the `[length, group, head_dim]` buffer `dq_ref` in place."""
+  refs = list(refs)
+  dq_ref = refs.pop() if dq_atomic else None
+  if dq_atomic:
+    refs.pop(-3)  # the aliased dq input: the same buffer as dq_ref
   if has_segments:
     (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, k_seg_ref,
      lo_ref, hi_ref, dk_ref, dv_ref) = refs
@@ -264,6 +279,9 @@ def _dkv_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, bloc
     dprobs = dot(v, do, trans_b=True)
     dscores = probs * (dprobs - delta[None, :])
     dk = dk + dot(dscores.astype(q.dtype), q)
+    if dq_atomic:
+      plgpu.atomic_add(dq_ref, (q_slice, head, slice(None)),
+                       dot(dscores.astype(k.dtype), k, trans_a=True))
     return dk, dv
 
   if causal:
@@ -282,6 +300,42 @@ def _dkv_kernel(*refs, causal, has_segments, scale_log2, sm_scale, block_q, bloc
   dk, dv = jax.lax.fori_loop(0, group, head_body, (zeros, zeros))
   dk_ref[...] = (dk * sm_scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _dq_pass(q, k, v, segment_ids, lse, delta, d_out, *, causal, scale_log2, sm_scale,
+             block_sizes, params, interpret):
+  """dq in a pass of its own: one program per (query block, batch, head)."""
+  batch, length, heads, head_dim = q.shape
+  group = heads // k.shape[2]
+  has_segments = segment_ids is not None
+  block_q, block_k = block_sizes.block_q_dq, block_sizes.block_k_dq
+  num_q = length // block_q
+  lo, hi = _ranges(segment_ids, batch, length, block_q, block_k, causal, transpose=False)
+  rev = lambda i: num_q - 1 - i
+  q_spec = pl.BlockSpec((SQ, block_q, SQ, head_dim), lambda i, b, h: (b, rev(i), h, 0))
+  kv_spec = pl.BlockSpec((SQ, length, SQ, head_dim), lambda i, b, h: (b, 0, h // group, 0))
+  row_spec = pl.BlockSpec((SQ, SQ, block_q), lambda i, b, h: (b, h, rev(i)))
+  range_spec = pl.BlockSpec((SQ, num_q), lambda i, b, h: (b, 0))
+  in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
+  inputs = [q, k, v, d_out, lse, delta]
+  if has_segments:
+    in_specs += [pl.BlockSpec((SQ, block_q), lambda i, b, h: (b, rev(i))),
+                 pl.BlockSpec((SQ, length), lambda i, b, h: (b, 0))]
+    inputs += [segment_ids, segment_ids]
+  in_specs += [range_spec, range_spec]
+  inputs += [lo, hi]
+  return pl.pallas_call(
+      functools.partial(_dq_kernel, causal=causal, has_segments=has_segments,
+                        scale_log2=scale_log2, sm_scale=sm_scale,
+                        block_q=block_q, block_k=block_k),
+      grid=(num_q, batch, heads),
+      in_specs=in_specs,
+      out_specs=q_spec,
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      compiler_params=params,
+      interpret=interpret,
+      name="flash_attention_dq",
+  )(*inputs)
 
 
 def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_sizes,
@@ -306,35 +360,10 @@ def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_s
                                 num_stages=launch.backward_stages or 2)
   scale_log2 = sm_scale * LOG2_E
 
-  # dq: one program per (query block, batch, head).
-  block_q, block_k = block_sizes.block_q_dq, block_sizes.block_k_dq
-  num_q = length // block_q
-  lo, hi = _ranges(segment_ids, batch, length, block_q, block_k, causal, transpose=False)
-  rev = lambda i: num_q - 1 - i
-  q_spec = pl.BlockSpec((SQ, block_q, SQ, head_dim), lambda i, b, h: (b, rev(i), h, 0))
-  kv_spec = pl.BlockSpec((SQ, length, SQ, head_dim), lambda i, b, h: (b, 0, h // group, 0))
-  row_spec = pl.BlockSpec((SQ, SQ, block_q), lambda i, b, h: (b, h, rev(i)))
-  range_spec = pl.BlockSpec((SQ, num_q), lambda i, b, h: (b, 0))
-  in_specs = [q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
-  inputs = [q, k, v, d_out, lse, delta]
-  if has_segments:
-    in_specs += [pl.BlockSpec((SQ, block_q), lambda i, b, h: (b, rev(i))),
-                 pl.BlockSpec((SQ, length), lambda i, b, h: (b, 0))]
-    inputs += [segment_ids, segment_ids]
-  in_specs += [range_spec, range_spec]
-  inputs += [lo, hi]
-  dq = pl.pallas_call(
-      functools.partial(_dq_kernel, causal=causal, has_segments=has_segments,
-                        scale_log2=scale_log2, sm_scale=sm_scale,
-                        block_q=block_q, block_k=block_k),
-      grid=(num_q, batch, heads),
-      in_specs=in_specs,
-      out_specs=q_spec,
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      compiler_params=params,
-      interpret=interpret,
-      name="flash_attention_dq",
-  )(*inputs)
+  if not launch.dq_atomic:
+    dq = _dq_pass(q, k, v, segment_ids, lse, delta, d_out, causal=causal,
+                  scale_log2=scale_log2, sm_scale=sm_scale, block_sizes=block_sizes,
+                  params=params, interpret=interpret)
 
   # dk, dv: one program per (key block, batch, kv head), looping over its query heads.
   block_q, block_k = block_sizes.block_q_dkv, block_sizes.block_k_dkv
@@ -356,17 +385,33 @@ def backward(q, k, v, segment_ids, out, lse, d_out, *, causal, sm_scale, block_s
     inputs += [segment_ids, segment_ids]
   in_specs += [range_spec, range_spec]
   inputs += [lo, hi]
-  dk, dv = pl.pallas_call(
+  out_specs = [kv_spec, kv_spec]
+  out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
+  aliases = {}
+  if launch.dq_atomic:
+    # Every (key block, kv head) program adds into its batch row's dq: zeros in, sums out.
+    in_specs.append(q_spec)
+    inputs.append(jnp.zeros(grouped(q).shape, jnp.float32))
+    out_specs.append(q_spec)
+    out_shape.append(jax.ShapeDtypeStruct(grouped(q).shape, jnp.float32))
+    aliases = {len(inputs) - 1: 2}
+  grads = pl.pallas_call(
       functools.partial(_dkv_kernel, causal=causal, has_segments=has_segments,
                         scale_log2=scale_log2, sm_scale=sm_scale,
-                        block_q=block_q, block_k=block_k, group=group),
+                        block_q=block_q, block_k=block_k, group=group,
+                        dq_atomic=launch.dq_atomic),
       grid=(num_k, batch, kv_heads),
       in_specs=in_specs,
-      out_specs=[kv_spec, kv_spec],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
-                 jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      out_specs=out_specs,
+      out_shape=out_shape,
+      input_output_aliases=aliases,
       compiler_params=params,
       interpret=interpret,
-      name="flash_attention_dkv",
+      name="flash_attention_dkv_dq" if launch.dq_atomic else "flash_attention_dkv",
   )(*inputs)
+  if launch.dq_atomic:
+    dk, dv, dq_sum = grads
+    dq = (dq_sum * sm_scale).reshape(q.shape).astype(q.dtype)
+  else:
+    dk, dv = grads
   return dq, dk, dv
