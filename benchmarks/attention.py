@@ -191,6 +191,9 @@ def main(argv=None):
                       help="of ours, ours_atomic (dq by atomics in the dk/dv pass), cudnn, xla")
   parser.add_argument("--lengths", default="", help="e.g. 4096 (default: 4096,16384)")
   parser.add_argument("--shapes", default="7B,1.5B")
+  parser.add_argument("--tiling", default="{}",
+                      help='our tiles and launch settings as JSON, e.g. \'{"backward_warps": 8}\' '
+                           "(BlockSizes and LaunchSettings fields; --sweep replaces it)")
   args = parser.parse_args(argv)
   interpret = args.quick
   lengths = (128, 256) if args.quick else (4096, 16384)
@@ -200,7 +203,7 @@ def main(argv=None):
   xla_max_length = 128 if args.quick else 4096
   started = time.time()
   stream = open(args.out + "l", "w") if args.out else None  # JSON lines as they come.
-  tiling = {}
+  tiling = json.loads(args.tiling)
   if args.sweep:
     tiling = sweep(interpret, lengths[0], "7B", tokens, stream)
   records = []

@@ -32,12 +32,15 @@ def test_attention_benchmark_runs_in_interpret_mode(tmp_path):
   """`attention.py --quick`: ours (and with dq by atomics) against XLA on tiny shapes."""
   out = tmp_path / "attention.json"
   _run(["benchmarks/attention.py", "--quick", "--impls", "ours,ours_atomic,xla", "--lengths",
-        "128", "--shapes", "1.5B", "--out", str(out)], tmp_path)
+        "128", "--shapes", "1.5B", "--tiling", '{"backward_warps": 8}', "--out", str(out)],
+       tmp_path)
   records = json.loads(out.read_text())["records"]
   assert [(r["impl"], r["packed"]) for r in records] == [
       (impl, packed) for packed in (False, True) for impl in ("ours", "ours_atomic", "xla")]
   assert all(r["fwdbwd_tflops"] > 0 and "error" not in r for r in records)
-  assert all(r["tiling"] == {"dq_atomic": True} for r in records if r["impl"] == "ours_atomic")
+  tilings = {r["impl"]: r["tiling"] for r in records}
+  assert tilings == {"ours": {"backward_warps": 8}, "xla": None,
+                     "ours_atomic": {"backward_warps": 8, "dq_atomic": True}}
 
 
 def test_sampler_device_mode_with_pallas_decode(tmp_path):
