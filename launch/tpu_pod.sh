@@ -2,12 +2,13 @@
 # Runs one qmath_jax.main command on every worker of a TPU VM pod slice.
 #
 #   launch/tpu_pod.sh TPU_NAME ZONE [PROJECT] -- --config=configs/sft.py:model=qwen2.5-math-7b \
-#       --workdir=gs://bucket/sft7b [--config.x=y ...]
+#       --workdir=/mnt/bucket/sft7b [--config.x=y ...]
 #
 # Every worker runs the same command from the same checkout path (REPO_DIR, default
 # ~/qmath_jax); JAX finds the other workers itself on TPU pods (jax.distributed.initialize
 # with its defaults), and each worker reads its own share of the data. The workdir must be
-# shared storage (a gs:// bucket) so every worker writes its checkpoint shards to one place.
+# shared storage mounted at the same path on every worker (a bucket through gcsfuse), so every
+# worker writes its checkpoint shards to one place; a gs:// URL is refused.
 # Set SETUP=1 to pip-install the checkout on every worker first.
 set -euo pipefail
 

@@ -1,7 +1,7 @@
 r"""The one entry point: `python -m qmath_jax.main --config=configs/<round>.py --workdir=DIR`.
 
     python -m qmath_jax.main --config=configs/demo.py --workdir=/tmp/qmath_demo
-    python -m qmath_jax.main --config=configs/sft.py:model=qwen2.5-math-7b --workdir=gs://... \
+    python -m qmath_jax.main --config=configs/sft.py:model=qwen2.5-math-7b --workdir=/mnt/ckpt/... \
         --config.optim.lr=1e-5 --config.init.hf_dir=/ckpt/Qwen2.5-Math-7B
 
 `config.stage` picks the runner from `STAGES` (pretrain, sft, rm, sample, rl, eval, pipeline;
@@ -19,6 +19,7 @@ import functools
 import json
 import logging as py_logging
 import os
+import re
 
 from absl import app
 from absl import flags
@@ -816,8 +817,23 @@ def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, see
 # ----------------------------------------------------------------------------- entry
 
 
+def check_workdir(workdir: str) -> None:
+  """Raises ConfigError for a workdir given as a URL (gs://, s3://, ...).
+
+  The stages write metrics, jsonl outputs, reports and the tokenizer with local file calls
+  (appends and renames that object stores do not offer), so a URL would leave those in a
+  local folder named after it while checkpoints went to the bucket. Mount the bucket instead
+  (e.g. `gcsfuse BUCKET /mnt/BUCKET`, then `--workdir=/mnt/BUCKET/run`).
+  """
+  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", workdir or ""):
+    raise config_validation.ConfigError(
+        f"--workdir={workdir}: a URL is not supported; mount the bucket (e.g. `gcsfuse "
+        f"BUCKET /mnt/BUCKET`) and pass the mounted path, e.g. --workdir=/mnt/BUCKET/run")
+
+
 def run(config, workdir: str) -> dict:
-  """Validates `config` (before any compute) and runs its stage in `workdir`."""
+  """Validates `config` and `workdir` (before any compute) and runs its stage in `workdir`."""
+  check_workdir(workdir)
   config_validation.validate(config, STAGES, jax.device_count(), STAGE_CHECKS)
   return STAGES[config.stage](config, workdir)
 

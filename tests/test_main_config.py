@@ -117,3 +117,13 @@ def test_pipeline_report_stages_and_synthetic_knobs_are_checked(tmp_path):
   config.synthetic.max_steps = 0
   _run_expecting(config, tmp_path, "config.report.stages: expected some of the pipeline's stages",
                  "config.synthetic: need 1 <= min_steps <= max_steps, got 1, 0")
+
+
+@pytest.mark.parametrize("workdir", ["gs://bucket/run", "s3://bucket/run", "file:///tmp/run"])
+def test_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch, workdir):
+  monkeypatch.chdir(tmp_path)  # a URL taken as a path would make ./gs:/bucket/run here
+  with pytest.raises(config_validation.ConfigError, match=rf"--workdir={workdir}: a URL"):
+    main.run(load_config("demo.py", "quick=1"), workdir)
+  assert not list(tmp_path.iterdir())
+  main.check_workdir("/mnt/bucket/run")  # mounted paths pass
+  main.check_workdir("relative/run:1")
