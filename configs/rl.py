@@ -9,6 +9,8 @@ Queries: `queries.jsonl` of a `configs/sample.py:task=rl` run (the SFT model's 2
 correct queries). Reward: `sigmoid(0.5 * r_m) + (r_v - 1)` with the RM score r_m and the
 verifier r_v (verifier alone without `scorer.rm_checkpoint`). G = 32; 4096 samples per episode
 (7B) or 2048 (72B) in optimizer steps of 512 rows; lr 1e-5 (7B) or 5e-6 (72B); beta 1e-3.
+Variants: `--config.rl.scale_advantages_by_std=false` (Dr. GRPO advantage) and
+`--config.rl.normalisation=token` (token-mean loss); in the demo pipeline `--config.rl.rl.*`.
 Not reported: clip 0.2, sampling temperature 1.0, the number of episodes (100 here), warmup and
 decay (none, constant lr) and weight decay (0).
 """
@@ -63,6 +65,11 @@ def get_config(arg=None):
   c.rl.kl_beta = 1e-3
   c.rl.clip_eps = 0.2
   c.rl.alpha = 0.5
+  # Variants (SPEC defaults): False = "Dr. GRPO" advantage r_i - mean(r), not divided by the
+  # group's std; "token" = one loss mean over every completion token of a minibatch (DAPO /
+  # Dr. GRPO) instead of the SPEC's mean over completions of each one's token-mean.
+  c.rl.scale_advantages_by_std = True
+  c.rl.normalisation = "sequence"  # or "token"
 
   c.sample = ml_collections.ConfigDict()
   c.sample.temperature = 1.0

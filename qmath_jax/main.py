@@ -650,6 +650,9 @@ def _check_rl_stage(config) -> list[str]:
     if rl.minibatch_rows and rows % rl.minibatch_rows:
       problems.append(f"config.rl.minibatch_rows: {rows} rows per episode (problems_per_episode "
                       f"x group_size) do not split into minibatches of {rl.minibatch_rows}")
+  if rl.normalisation not in losses.NORMALISATIONS:
+    problems.append(f"config.rl.normalisation: expected one of {list(losses.NORMALISATIONS)}, "
+                    f"got {rl.normalisation!r}")
   if config.sample.prompt_type not in ("cot", "tir"):
     problems.append(f"config.sample.prompt_type: expected 'cot' or 'tir', got "
                     f"{config.sample.prompt_type!r}")
@@ -712,9 +715,10 @@ def run_rl_stage(config, workdir: str) -> dict:
       rollout=rollout.RolloutConfig(
           group_size=rl.group_size, temperature=config.sample.temperature,
           top_p=config.sample.top_p, max_new_tokens=rl.max_new_tokens,
-          system=chat.SYSTEM_PROMPTS[config.sample.prompt_type], alpha=rl.alpha),
+          system=chat.SYSTEM_PROMPTS[config.sample.prompt_type], alpha=rl.alpha,
+          scale_advantages_by_std=rl.scale_advantages_by_std),
       seq_len=rl.seq_len, minibatch_rows=rl.minibatch_rows or None, clip_eps=rl.clip_eps,
-      kl_beta=rl.kl_beta)
+      kl_beta=rl.kl_beta, normalisation=rl.normalisation)
   train_step = grpo.make_grpo_step(model_cfg, optimizer, grpo_cfg, mesh=mesh,
                                    state_shardings=shardings, learning_rate_fn=schedule)
   scorer = _rm_scorer(config.scorer.rm_checkpoint, tokenizer, config.scorer.batch_size,

@@ -82,6 +82,35 @@ def test_rl_config_errors_name_the_field(tiny_decoder, tmp_path):
     main.run(config, str(tmp_path))
 
 
+def test_bad_grpo_variant_values_are_rejected_naming_the_field(tiny_decoder, tmp_path):
+  config = _config(tiny_decoder, episodes=1)
+  config.rl.normalisation = "token_mean"
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"config\.rl\.normalisation: expected one of \['token', 'sequence'\], "
+                     r"got 'token_mean'"):
+    main.run(config, str(tmp_path))
+  with pytest.raises(TypeError, match="scale_advantages_by_std"):  # the ConfigDict's own check
+    config.rl.scale_advantages_by_std = "no"
+
+
+def test_grpo_variants_reach_the_iteration(tiny_decoder, tmp_path, monkeypatch):
+  from qmath_jax.rl import grpo  # pylint: disable=g-import-not-at-top
+  iteration, seen = grpo.grpo_iteration, []
+
+  def recording_iteration(*args, **kwargs):
+    seen.append(args[7])  # the GrpoConfig
+    return iteration(*args, **kwargs)
+
+  monkeypatch.setattr(grpo, "grpo_iteration", recording_iteration)
+  config = _config(tiny_decoder, episodes=1)
+  config.rl.normalisation = "token"
+  config.rl.scale_advantages_by_std = False
+  assert main.run(config, str(tmp_path))["episodes_run"] == 1
+  assert seen[0].normalisation == "token" and not seen[0].rollout.scale_advantages_by_std
+  defaults = load_config("rl.py").rl
+  assert defaults.normalisation == "sequence" and defaults.scale_advantages_by_std is True
+
+
 def test_sigterm_saves_the_finished_episode(tiny_decoder, tmp_path, monkeypatch):
   from qmath_jax.rl import grpo  # pylint: disable=g-import-not-at-top
   iteration = grpo.grpo_iteration

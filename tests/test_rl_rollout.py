@@ -1,5 +1,7 @@
 """GRPO rollouts: the built batch lines up with grpo_loss (on-policy ratio 1), masks, advantages."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -105,6 +107,16 @@ def test_advantages_are_group_normalised_rewards(built):
   hand = (want - want.mean(1, keepdims=True)) / (want.std(1, keepdims=True) + 1e-6)
   np.testing.assert_allclose(out.advantages, hand, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(batch["advantages"], hand.reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_unscaled_advantages_are_centred_rewards(sampler, built):
+  """`scale_advantages_by_std=False` (Dr. GRPO): r_i - mean(r), the same samples otherwise."""
+  config = dataclasses.replace(CONFIG, scale_advantages_by_std=False)
+  out = rollout_lib.rollout(sampler, TOKENIZER, PROBLEMS, config, seed=1, seq_len=SEQ_LEN,
+                            reward_fn=first_token_reward)
+  np.testing.assert_array_equal(out.rewards, built[0].rewards)
+  want = out.rewards - out.rewards.mean(1, keepdims=True)
+  np.testing.assert_allclose(out.advantages, want, rtol=1e-6, atol=1e-7)
 
 
 def test_same_seed_same_batch(sampler, built):

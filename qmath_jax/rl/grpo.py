@@ -53,7 +53,13 @@ class GrpoConfig:
     minibatch_rows: rows per optimizer step (SPEC: 512); None = every row in one step.
     clip_eps: ratio clip (not reported; 0.2).
     kl_beta: KL coefficient (SPEC: 1e-3).
-    normalisation: "sequence" (SPEC: 1/G sum_i 1/|o_i| sum_t) or "token".
+    normalisation: how the loss aggregates its tokens: "sequence" (SPEC: each completion's
+      token-mean, then the mean over completions, 1/G sum_i 1/|o_i| sum_t) or "token" (one
+      mean over every completion token of the optimizer step's minibatch of
+      `minibatch_rows` rows, as DAPO / Dr. GRPO; long completions weigh more). Exact under
+      gradient accumulation: the step weights each microbatch by its token (or completion)
+      count, so k microbatches give the minibatch's mean, not a mean of microbatch means.
+      The advantage's std scaling is `rollout.scale_advantages_by_std`.
     ref_batch_size: rows per reference forward (None = all rows at once).
   """
   rollout: rollout_lib.RolloutConfig = rollout_lib.RolloutConfig()

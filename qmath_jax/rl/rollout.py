@@ -57,6 +57,8 @@ class RolloutConfig:
     system: system prompt of the ChatML prompt (CoT by default).
     data_name: dataset name for answer extraction (multiple-choice sets answer in letters).
     alpha: RM score scale of the shaped reward (SPEC: 0.5).
+    scale_advantages_by_std: advantage (r_i - mean(r)) / std(r) over the group (SPEC); False
+      gives r_i - mean(r) ("Dr. GRPO"). See `losses.group_normalised_advantages`.
   """
   group_size: int = 32
   temperature: float = 1.0
@@ -67,6 +69,7 @@ class RolloutConfig:
   system: str = chat.COT_SYSTEM
   data_name: str = "math"
   alpha: float = 0.5
+  scale_advantages_by_std: bool = True
 
   def __post_init__(self):
     if self.group_size < 2:
@@ -84,7 +87,8 @@ class Rollout:
       whose `model_mask` marks interpreter output with 0).
     rewards: float32 `[P, G]`.
     verified: float32 `[P, G]`, the verifier reward (1 = correct final answer).
-    advantages: float32 `[P, G]`, `losses.group_normalised_advantages(rewards)`.
+    advantages: float32 `[P, G]`, `losses.group_normalised_advantages(rewards)` (scaled by
+      the group's std or not, as `RolloutConfig.scale_advantages_by_std`).
   """
   problems: list[Problem]
   prompt_ids: list[list[int]]
@@ -156,7 +160,8 @@ def rollout(sampler, tokenizer, problems: Sequence[Problem], config: RolloutConf
     rewards = rewards_lib.shaped_reward(scores, verified, config.alpha)
   else:
     rewards = verified.copy()
-  advantages = np.asarray(losses.group_normalised_advantages(jnp.asarray(rewards)), np.float32)
+  advantages = np.asarray(losses.group_normalised_advantages(
+      jnp.asarray(rewards), scale_by_std=config.scale_advantages_by_std), np.float32)
   return Rollout(problems, prompt_ids, completions, rewards, verified, advantages)
 
 
