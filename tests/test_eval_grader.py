@@ -162,3 +162,56 @@ def test_sympy_fallback_settles_what_floats_cannot(monkeypatch):
   assert math_equal("2^{5000}", "4^{2500}")                         # exact integers
   assert not math_equal("2^{5000}+1", "4^{2500}")
   assert len(calls) == 2
+
+
+def test_equations_without_variables_compare_side_by_side():
+  """Two numeric statements are not equal "up to a factor" (college_math golds like these)."""
+  assert not math_equal("\\log (1.01)=-2", "\\log (0.01)=-2")
+  assert not math_equal("300 \\cos (\\frac{\\pi}{6}) 20=3464.1",
+                        "200 \\cos (\\frac{\\pi}{6}) 20=3464.1")
+  assert not math_equal("\\sin \\frac{\\pi}{6}=\\frac{1}{2}", "\\sin \\frac{\\pi}{2}=1")  # both true
+  assert math_equal("\\log_{10} (0.01)=-2", "\\log_{10} 0.01 = -2")
+  assert math_equal("-2 = \\log_{10} (0.01)", "\\log_{10} 0.01 = -2")
+  assert math_equal("2x+2y=6", "x+y=3")   # with variables: still up to a factor
+
+
+def test_values_below_the_absolute_floor_do_not_make_expressions_equal():
+  """At the sample points x^{-101} and e^{-40t} are below 1e-12: that is no evidence."""
+  assert not math_equal("-200 x^{-101}", "-100 x^{-101}")
+  assert not math_equal("-e^{-50 t}(2 \\cos 30 t-86 \\sin 30 t)",
+                        "I=-e^{-40 t}(2 \\cos 30 t-86 \\sin 30 t)")
+  assert math_equal("-100 x^{-101}", "-\\frac{100}{x^{101}}")
+  assert math_equal("e^{-40 t} \\cdot e^{-10 t}", "e^{-50 t}")
+  assert math_equal("\\sin^2 x+\\cos^2 x-1", "0")
+
+
+def test_floor_and_ceiling_are_checked_at_integer_points():
+  """Step functions agree at small reals; olympiad golds are floors of integer formulas."""
+  assert not math_equal("\\lfloor\\frac{2 n-1}{6}\\rfloor", "\\lfloor\\frac{2 n-1}{5}\\rfloor")
+  assert not math_equal("\\lceil \\frac{n}{3} \\rceil", "\\lceil \\frac{n}{4} \\rceil")
+  assert not math_equal("\\lfloor\\frac{2 n-1}{6}\\rfloor + n", "\\lfloor\\frac{2 n-1}{5}\\rfloor + n")
+  assert math_equal("\\left\\lfloor \\frac{2n-1}{5} \\right\\rfloor", "\\lfloor (2n-1)/5 \\rfloor")
+  assert math_equal("\\lfloor \\frac{n}{2} \\rfloor + 1", "\\lfloor \\frac{n+2}{2} \\rfloor")
+
+
+def test_words_are_not_products_of_variables():
+  """A word answer is text: as a product of letters "seat" would equal "east"."""
+  assert not math_equal("seat", "east")
+  assert not math_equal("\\text{Evenly}", "\\text{Evelyn}")
+  assert not math_equal("The height is 600 feet after lift-off",
+                        "The height is 500 feet after lift-off.")
+  assert math_equal("\\text{east}", "East")
+  assert math_equal("abc", "cba")             # three letters are still a product
+  assert math_equal("sinx", "\\sin x")        # function names spelled without a backslash
+  assert math_equal("\\sqrt{2} \\cdot \\sqrt{2}", "2")
+
+
+def test_semicolon_separated_blanks_match_in_order():
+  """Fill-in golds list one answer per blank with ';' (gaokao cloze, college_math)."""
+  assert math_equal("5, 10", "5;10")
+  assert math_equal("\\frac{1}{4}, (y-\\frac{1}{2})^{2}", "\\frac{1}{4} ;(y-\\frac{1}{2})^{2}")
+  assert math_equal("5; 10", "5;10")
+  assert math_equal("a=5; b=0.5", "5;\\frac{1}{2}")
+  assert not math_equal("10, 5", "5;10")     # blanks are in order
+  assert not math_equal("5", "5;10")
+  assert not math_equal("5, 10, 15", "5;10")

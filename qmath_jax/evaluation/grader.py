@@ -7,11 +7,15 @@ Checks, cheapest first (SPEC, "Inference and evaluation"):
      approximation), exact otherwise (1e-4 would accept 100001 for 100000, or 1 for
      4036082/4036081); gold x100 and /100 are accepted only when either side carries a `%`
      (SPEC's percent rule, applied to every number, would accept any answer 100 times off);
-  4. structure: matrices cell by cell; unions, sets and bare lists as multisets; tuples and
-     intervals element-wise with the same brackets; `\\pm` expands to both signs; equations as
-     `lhs - rhs` up to a non-zero factor;
-  5. one expression each: exact/complex evaluation at a few fixed points (`numeric`); only
-     when that is inconclusive (overflow, huge powers, domain errors), sympy in a worker
+  4. structure: matrices cell by cell; unions, sets and bare lists as multisets; answers to
+     several blanks (`5;10`, against `5;10` or `5, 10`) in order; tuples and intervals
+     element-wise with the same brackets; `\\pm` expands to both signs; equations as
+     `lhs - rhs` up to a non-zero factor (without variables: side by side, since any two
+     numeric statements are equal up to some factor);
+  5. one expression each: exact/complex evaluation at a few fixed points (`numeric`; also at
+     integers when a floor or ceiling is involved; points where both sides are within the
+     absolute tolerance of zero prove nothing); only when that is inconclusive (overflow,
+     huge powers, domain errors, no informative point), sympy in a worker
      process (`symbolic`). `timeout` bounds the whole comparison (all elements of a tuple
      together), so a long list of hard elements cannot stall the caller; running out of
      time counts as not equal.
@@ -154,37 +158,72 @@ def _match_ordered(preds: list[str], golds: list[str], deadline: float, depth: i
       _equal(p, g, deadline, depth + 1) for p, g in zip(preds, golds))
 
 
+def _symbolic(a, b, deadline: float, up_to_sign: bool = False) -> bool:
+  left = deadline - time.monotonic()
+  if left <= 0:
+    return False   # the time for this whole comparison is spent
+  return symbolic.symbolic_equal(latex_expr.to_json(a), latex_expr.to_json(b), left,
+                                 up_to_sign=up_to_sign)
+
+
+def _constants_equal(a, b, approximate: bool, deadline: float) -> bool:
+  """Two trees without variables: exact rationals, else floats, else sympy."""
+  try:
+    va, vb = numeric.evaluate(a, {}), numeric.evaluate(b, {})
+  except numeric.Undefined:
+    return False
+  except (numeric.Undecided, OverflowError):
+    return _symbolic(a, b, deadline)
+  if isinstance(va, Fraction) and isinstance(vb, Fraction):
+    return numbers_equal(va, vb, approximate)
+  return numeric.close(va, vb, NUMBER_REL_TOL if approximate else EXACT_REL_TOL)
+
+
+def _informative(pairs) -> bool:
+  """Whether some point tells the two sides apart from zero (or both are exactly zero).
+
+  `numeric.close` calls any two values within 1e-12 of zero equal (float error); a comparison
+  in which every point is like that (x^{-101}, e^{-40t} at the sample points) proves nothing.
+  """
+  return any(x == y or max(abs(x), abs(y)) > 1e-12 for x, y in pairs)
+
+
 def _expressions_equal(pred: str, gold: str, deadline: float, equation: bool = False) -> bool:
-  """One expression each (or `lhs - rhs` of equations, up to a non-zero factor)."""
+  """One expression each (or `lhs - rhs` of equations, up to a non-zero factor).
+
+  Equations without variables are statements about numbers: their sides are compared in
+  order (or both swapped), since any two such `lhs - rhs` are equal up to some factor.
+  """
+  approximate = _approximate(pred, gold)
   try:
     if equation:
-      (pl, pr), (gl, gr) = pred.split("="), gold.split("=")
-      a = ("add", (latex_expr.parse_latex(pl), ("neg", latex_expr.parse_latex(pr))))
-      b = ("add", (latex_expr.parse_latex(gl), ("neg", latex_expr.parse_latex(gr))))
+      sides = [latex_expr.parse_latex(t) for t in (*pred.split("="), *gold.split("="))]
+      pl, pr, gl, gr = sides
+      a = ("add", (pl, ("neg", pr)))
+      b = ("add", (gl, ("neg", gr)))
     else:
       a = latex_expr.parse_latex(pred.removesuffix("%"))
       b = latex_expr.parse_latex(gold.removesuffix("%"))
   except latex_expr.LatexError:
     return False
   names = latex_expr.free_symbols(a) | latex_expr.free_symbols(b)
+  if not names:
+    if not equation:
+      return _constants_equal(a, b, approximate, deadline)
+    return ((_constants_equal(pl, gl, approximate, deadline) and
+             _constants_equal(pr, gr, approximate, deadline)) or
+            (_constants_equal(pl, gr, approximate, deadline) and
+             _constants_equal(pr, gl, approximate, deadline)))
   try:
-    if not names and not equation:
-      va, vb = numeric.evaluate(a, {}), numeric.evaluate(b, {})
-      if isinstance(va, Fraction) and isinstance(vb, Fraction):
-        return numbers_equal(va, vb, _approximate(pred, gold))
-      return numeric.close(va, vb, NUMBER_REL_TOL if _approximate(pred, gold) else
-                           EXACT_REL_TOL)
-    points = numeric.sample_points(names)
+    points = numeric.sample_points(names, integers=numeric.has_steps(a) or numeric.has_steps(b))
     pairs = [(numeric.evaluate(a, env), numeric.evaluate(b, env)) for env in points]
     pairs = [(complex(x), complex(y)) for x, y in pairs]
+    if not _informative(pairs):
+      raise numeric.Undecided("every point is within the absolute tolerance of zero")
   except numeric.Undefined:
     return False
   except (numeric.Undecided, OverflowError):
-    left = deadline - time.monotonic()
-    if left <= 0:
-      return False   # the time for this whole comparison is spent
-    return symbolic.symbolic_equal(latex_expr.to_json(a), latex_expr.to_json(b), left,
-                                   up_to_sign=equation)
+    return _symbolic(a, b, deadline, up_to_sign=equation)
   if not equation:
     return all(numeric.close(x, y, EXPRESSION_REL_TOL) for x, y in pairs)
   ratio = None
@@ -230,6 +269,12 @@ def _equal(pred: str, gold: str, deadline: float, depth: int = 0) -> bool:
   pu, gu = split_top_level(pred, "\\cup"), split_top_level(gold, "\\cup")
   if len(pu) > 1 or len(gu) > 1:
     return _match_unordered(pu, gu, deadline, depth)
+  # Answers to several blanks, separated by ';' on either side: compared in order.
+  ps, gs = split_top_level(pred, ";"), split_top_level(gold, ";")
+  if len(ps) > 1 or len(gs) > 1:
+    ps = ps if len(ps) > 1 else split_top_level(pred, ",")
+    gs = gs if len(gs) > 1 else split_top_level(gold, ",")
+    return _match_ordered(ps, gs, deadline, depth)
   # Sequences: sets, tuples, intervals, bare lists.
   pb, gb = _outer_brackets(pred), _outer_brackets(gold)
   p_items = split_top_level(pb[1] if pb else pred, ",")

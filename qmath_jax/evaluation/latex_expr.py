@@ -4,7 +4,8 @@ Covers what final answers are made of: numbers, letters (with subscripts), Greek
 `+ - * / ^ !`, `\\cdot \\times \\div`, implicit products (`2x`, `3\\sqrt{2}`, `x(y+1)`),
 `\\frac`, `\\sqrt[n]{}`, `\\binom`, `| |`, `\\lfloor \\rfloor`, `\\lceil \\rceil`, the
 elementary functions (`\\sin^2 x`, `\\log_2 8`, `\\ln x`, `e^{x}`), `\\pi`, `e`, `i`, `\\infty`.
-Anything else raises `LatexError`, so callers fall back to other comparisons.
+Anything else raises `LatexError`, so callers fall back to other comparisons; so does a word
+of four or more letters (`east` is text, not e*a*s*t, which would equal `seat`).
 
 Nodes (plain tuples, JSON-serialisable after `to_json`):
   ("num", Fraction) ("sym", name) ("const", "pi" | "e" | "i" | "inf")
@@ -28,6 +29,10 @@ _MUL_COMMANDS = frozenset({"\\cdot", "\\times", "\\ast", "*"})
 _DIV_COMMANDS = frozenset({"\\div", "/"})
 _TOKEN = re.compile(r"\s*(\d+\.\d*|\.\d+|\d+|\\[a-zA-Z]+|\\.|[a-zA-Z]|\S)")
 _MAX_LENGTH = 400
+# A run of 4+ plain letters is a word ("east", "feet"), not a product of variables, unless it
+# starts with a function name spelled without a backslash ("sinx", "sqrt2").
+_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{4,}")
+_SPELLED_FUNCTIONS = tuple(sorted(FUNCTIONS | {"sqrt"}, key=len, reverse=True))
 
 
 def _is_letter(tok: str) -> bool:
@@ -277,6 +282,9 @@ def parse_latex(text: str):
   """Parses one expression; raises LatexError when it is not one (or is too long)."""
   if len(text) > _MAX_LENGTH:
     raise LatexError(f"expression longer than {_MAX_LENGTH} characters")
+  for word in _WORD.findall(text):
+    if not word.startswith(_SPELLED_FUNCTIONS):
+      raise LatexError(f"the word {word!r} is text, not a product of variables")
   tokens = _tokenize(text)
   if not tokens:
     raise LatexError("empty expression")

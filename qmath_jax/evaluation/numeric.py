@@ -16,6 +16,7 @@ _MAX_EXACT_BITS = 20000     # larger exact intermediate results are left to symp
 _MAX_FACTORIAL = 300
 _FLOAT_MAX = Fraction(10) ** 300
 NUM_POINTS = 3
+NUM_INTEGER_POINTS = 6
 _POINT_SEED = 20261128
 
 
@@ -187,8 +188,26 @@ def close(a, b, rel_tol: float) -> bool:
   return abs(a - b) <= max(rel_tol * scale, 1e-12)
 
 
-def sample_points(names) -> list[dict]:
-  """NUM_POINTS environments assigning each name a value in [0.5, 2.5] (deterministic)."""
+def has_steps(node) -> bool:
+  """Whether a tree contains a floor or ceiling (constant between integers)."""
+  if not isinstance(node, (tuple, list)):
+    return False
+  if len(node) > 1 and node[0] == "fn" and node[1] in ("floor", "ceil"):
+    return True
+  return any(has_steps(child) for child in node)
+
+
+def sample_points(names, integers: bool = False) -> list[dict]:
+  """NUM_POINTS environments assigning each name a value in [0.5, 2.5] (deterministic).
+
+  With `integers`, also NUM_INTEGER_POINTS environments of exact integers in [3, 60]: a step
+  function (floor, ceiling) is constant on [0.5, 2.5], so `\\lfloor (2n-1)/5 \\rfloor` and
+  `\\lfloor (2n-1)/6 \\rfloor` agree there.
+  """
   names = sorted(names)
   rng = random.Random(_POINT_SEED)
-  return [{n: complex(0.5 + 2 * rng.random()) for n in names} for _ in range(NUM_POINTS)]
+  points = [{n: complex(0.5 + 2 * rng.random()) for n in names} for _ in range(NUM_POINTS)]
+  if integers:
+    points += [{n: Fraction(rng.randint(3, 60)) for n in names}
+               for _ in range(NUM_INTEGER_POINTS)]
+  return points
