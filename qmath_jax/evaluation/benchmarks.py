@@ -92,10 +92,15 @@ def read_rows(path: pathlib.Path) -> list[dict]:
   return [row for _, row in records.read_jsonl(path, records.BadRows(strict=True))]
 
 
-def to_eval_problem(problem: sources.Problem, name: str, index: int, kind: str) -> Problem:
-  """A source problem as benchmark `name` prompts and grades it (`kind`'s choice rule)."""
+def to_eval_problem(problem: sources.Problem, name: str, index: int, kind: str,
+                    row: dict | None = None) -> Problem:
+  """A source problem as benchmark `name` prompts and grades it (`kind`'s choice rule).
+
+  `row`, the file's raw row, gives the options exactly as Qwen's harness spaces them
+  (`prompts.question_text`); without it they are rebuilt from `problem.choices`.
+  """
   return Problem(dataset=name, index=index, id=problem.id,
-                 question=prompts.question_text(problem), gold=problem.answer,
+                 question=prompts.question_text(problem, row), gold=problem.answer,
                  choice=gold.answer_is_choice(problem.answer, kind))
 
 
@@ -108,9 +113,13 @@ def load(name: str, data_dir=None, limit: int | None = None,
   """
   bench = get(name)
   rows = sources.load(bench.source, data_dir, strict=True, keep_empty_answers=True)
+  raw = read_rows(sources.path_of(bench.source, data_dir))
+  if len(raw) != len(rows):
+    raise ValueError(f"{name}: {len(raw)} raw rows but {len(rows)} problems")
   if limit is not None:
     rows = rows[:limit]
-  problems = [to_eval_problem(p, name, index, bench.kind) for index, p in enumerate(rows)]
+  problems = [to_eval_problem(p, name, index, bench.kind, raw[index])
+              for index, p in enumerate(rows)]
   return problems if keep_empty_gold else [p for p in problems if p.gold.strip()]
 
 

@@ -1,11 +1,15 @@
 """Evaluation prompts in ChatML: the CoT or TIR system prompt (``chat.SYSTEM_PROMPTS``), zero- or
-few-shot (SPEC).
+few-shot (SPEC), and the question text as Qwen2.5-Math's evaluation harness builds it.
 
 Few-shot applies to multiple-choice problems only: aqua, sat_math and mmlu_stem always (5-shot,
-English exemplars); the gaokao sets and cn_middle_school when the gold is a letter (5-shot,
-Chinese exemplars). The exemplars below are written for this project (no benchmark text); they
-are rendered as earlier user/assistant turns of the same conversation.
+English exemplars); the gaokao sets and cn_middle_school when the gold is one letter A-E (5-shot,
+Chinese exemplars; a multi-letter gold such as "ABD" stays zero-shot, as in Qwen's
+`construct_prompt`). The exemplars below are written for this project (no benchmark text). As
+in Qwen's harness (`qwen25-math-cot`), they go into the one user turn, ahead of the question:
+"q1\na1\n\nq2\na2 ... \n\n<question>"; there are no exemplar assistant turns.
 """
+
+import re
 
 from qmath_jax.data import chat
 from qmath_jax.data import gold
@@ -14,6 +18,7 @@ FEW_SHOT_ENGLISH = frozenset({"aqua", "sat_math", "mmlu_stem"})
 FEW_SHOT_CHINESE_IF_CHOICE = frozenset({"gaokao2024_I", "gaokao2024_II", "gaokao2024_mix",
                                         "cn_middle_school", "gaokao_math_qa"})
 NUM_SHOTS = 5
+SHOT_SEPARATOR = "\n\n"   # between exemplars, and between the last one and the question
 
 # (question, CoT answer, TIR answer)
 _ENGLISH_EXEMPLARS = (
@@ -72,44 +77,98 @@ _CHINESE_EXEMPLARS = (
 )
 
 
-def question_text(problem) -> str:
-  """The user turn's text for a ``qmath_jax.data.sources.Problem``: its statement, then its
-  options as ``(A) ... (B) ...`` (after "Answer Choices:", or "选项：" for gaokao_math_qa).
+def _options_line(row: dict, name: str) -> str | None:
+  """The options line of a raw multiple-choice row, spaced as Qwen's `parse_question` writes it.
+
+  mmlu_stem: "Answer Choices: (A) x (B) y ..."; sat_math: its `options` text behind "(" with
+  " B) " made " (B) "; aqua: its options joined, every "(" made " (" and ")" made ") " (double
+  spaces and all); gaokao_math_qa: "选项: (A) x (B) y" in the file's key order. None otherwise.
   """
-  if not problem.choices:
-    return problem.question
-  options = []
-  for option in problem.choices:
-    letter, _, text = option.partition(". ")
-    options.append(f"({letter}) {text.strip()}")
-  label = "选项：" if gold.base_name(problem.dataset) == "gaokao_math_qa" else "Answer Choices: "
-  return f"{problem.question}\n{label}{' '.join(options)}"
+  if name == "mmlu_stem":
+    return "Answer Choices: " + " ".join(
+        f"({letter}) {str(option).strip()}" for letter, option in zip("ABCD", row["choices"]))
+  if name == "sat_math":
+    text = "(" + row["options"].strip()
+    for letter in "BCD":
+      text = text.replace(f" {letter}) ", f" ({letter}) ")
+    return "Answer Choices: " + text
+  if name == "aqua":
+    text = "(" + "(".join(row["options"])
+    return "Answer Choices: " + text.replace("(", " (").replace(")", ") ").strip()
+  if name == "gaokao_math_qa":
+    return "选项: " + " ".join(f"({key}) {value}" for key, value in row["options"].items())
+  return None
 
 
-def uses_few_shot(data_name: str, choice: bool) -> bool:
-  """SPEC: aqua/sat_math/mmlu_stem always; the Chinese sets only when the gold is a letter."""
+def _judgement_hint(answer: str) -> str:
+  """The hint Qwen appends to a question whose gold is yes/no or true/false, else ""."""
+  plain = re.sub(r"\\text\{(.*?)\}", r"\1", answer).replace("$", "").strip().rstrip(".").strip()
+  if plain.lower() in ("true", "false"):
+    return " (True or False)"
+  if plain.lower() in ("yes", "no"):
+    return " (Yes or No)"
+  return ""
+
+
+def question_text(problem, row: dict | None = None) -> str:
+  """The user turn's text for a ``qmath_jax.data.sources.Problem``, as Qwen's harness builds it.
+
+  The statement, then the options: from the raw `row` when given (``_options_line``, exactly
+  Qwen's spacing), else from ``problem.choices`` as "(A) ... (B) ..." after "Answer Choices: "
+  (or "选项: " for gaokao_math_qa). A gold that is a yes/no or true/false word adds the hint
+  Qwen adds (asdiv and college_math have such rows).
+  """
+  name = gold.base_name(problem.dataset)
+  options = _options_line(row, name) if row is not None else None
+  if options is None and problem.choices:
+    parts = []
+    for option in problem.choices:
+      letter, _, text = option.partition(". ")
+      parts.append(f"({letter}) {text.strip()}")
+    label = "选项: " if name == "gaokao_math_qa" else "Answer Choices: "
+    options = label + " ".join(parts)
+  text = f"{problem.question}\n{options}" if options else problem.question
+  return (text + _judgement_hint(problem.answer)).strip()
+
+
+def _single_letter(answer: str | None) -> bool:
+  return answer is not None and answer.strip() in tuple(gold.CHOICE_LETTERS)
+
+
+def uses_few_shot(data_name: str, choice: bool, answer: str | None = None) -> bool:
+  """SPEC: aqua/sat_math/mmlu_stem always; the Chinese sets only when the gold is a letter.
+
+  With the gold `answer` given, "a letter" is one letter A-E, as in Qwen's harness (a
+  multi-select gold like "ABD" is zero-shot); without it, `choice` decides.
+  """
   name = gold.base_name(data_name)
-  return name in FEW_SHOT_ENGLISH or (choice and name in FEW_SHOT_CHINESE_IF_CHOICE)
+  if name in FEW_SHOT_ENGLISH:
+    return True
+  if name not in FEW_SHOT_CHINESE_IF_CHOICE:
+    return False
+  return _single_letter(answer) if answer is not None else choice
 
 
 def build_messages(question: str, data_name: str, prompt_type: str = "cot",
-                   choice: bool = False) -> list[dict]:
-  """The conversation for one problem: system, optional exemplar turns, the question."""
+                   choice: bool = False, answer: str | None = None) -> list[dict]:
+  """The conversation for one problem: the system turn, then one user turn holding the
+  exemplars (when few-shot) and the question."""
   if prompt_type not in chat.SYSTEM_PROMPTS:
     raise ValueError(f"prompt_type {prompt_type!r} is not one of {sorted(chat.SYSTEM_PROMPTS)}")
   messages = [{"role": "system", "content": chat.SYSTEM_PROMPTS[prompt_type]}]
-  if uses_few_shot(data_name, choice):
+  content = question
+  if uses_few_shot(data_name, choice, answer):
     name = gold.base_name(data_name)
     exemplars = _ENGLISH_EXEMPLARS if name in FEW_SHOT_ENGLISH else _CHINESE_EXEMPLARS
-    for q, cot, tir in exemplars[:NUM_SHOTS]:
-      messages.append({"role": "user", "content": q})
-      messages.append({"role": "assistant", "content": cot if prompt_type == "cot" else tir})
-  messages.append({"role": "user", "content": question})
+    shots = [f"{q}\n{cot if prompt_type == 'cot' else tir}"
+             for q, cot, tir in exemplars[:NUM_SHOTS]]
+    content = SHOT_SEPARATOR.join(shots + [question])
+  messages.append({"role": "user", "content": content})
   return messages
 
 
 def build_prompt(question: str, data_name: str, prompt_type: str = "cot",
-                 choice: bool = False) -> str:
+                 choice: bool = False, answer: str | None = None) -> str:
   """ChatML text ending in an open assistant turn."""
-  return chat.render(build_messages(question, data_name, prompt_type, choice),
+  return chat.render(build_messages(question, data_name, prompt_type, choice, answer),
                      add_generation_prompt=True)
