@@ -205,3 +205,22 @@ def test_config_from_mapping():
   assert config.datasets == ("math",) and config.n == 8 and config.top_p == 1.0
   with pytest.raises(ValueError, match="unknown eval settings \\['tempreature'\\]"):
     runner.EvalConfig.from_mapping({"tempreature": 0.7})
+
+
+def test_chinese_choice_sets_are_few_shot_only_for_one_letter_golds(tmp_path):
+  """As in Qwen's harness: a cn_middle_school row with gold 'B' gets the 5-shot exemplars; a
+  multi-select 'ABD' and a value gold are zero-shot (the gold never enters the text)."""
+  path = tmp_path / "data" / "cn_middle_school" / "test.jsonl"
+  path.parent.mkdir(parents=True)
+  rows = [{"idx": 0, "question": "合成题一 A.1 B.2", "answer": "2", "choice_answer": "B"},
+          {"idx": 1, "question": "合成题二 A.1 B.2 C.3 D.4", "answer": "1,2,4",
+           "choice_answer": "ABD"},
+          {"idx": 2, "question": "合成题三", "answer": "7", "choice_answer": ""}]
+  path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+  sampler = ScriptedSampler({})
+  runner.run_eval(sampler, tmp_path / "work", runner.EvalConfig(
+      datasets=("cn_middle_school",), data_dir=str(tmp_path / "data")))
+  users = [_question(p) for p in sampler.calls[0]["prompts"]]
+  assert users[0].endswith("合成题一 A.1 B.2") and len(users[0]) > 200   # exemplars first
+  assert users[1:] == ["合成题二 A.1 B.2 C.3 D.4", "合成题三"]
+  assert all(gold not in users[1] for gold in ("ABD", "1,2,4"))

@@ -121,8 +121,10 @@ def sample_dataset(sampler, problems: list[benchmarks.Problem], kind: str, confi
   todo = [p for p in problems if p.index not in done]
   for start in range(0, len(todo), config.batch_size):
     batch = todo[start:start + config.batch_size]
-    prompt_texts = [prompts.build_prompt(p.question, kind, config.prompt_type, p.choice)
-                    for p in batch]
+    # The gold decides only whether a Chinese choice set is few-shot (one letter), as in
+    # Qwen's harness; it never enters the prompt text.
+    prompt_texts = [prompts.build_prompt(p.question, kind, config.prompt_type, p.choice,
+                                         answer=p.gold) for p in batch]
     completions = sampler.generate(
         prompt_texts, config.n, temperature=config.temperature, top_p=config.top_p,
         top_k=config.top_k, max_new_tokens=config.max_new_tokens, stop=tuple(config.stop),
