@@ -5,7 +5,7 @@
 checkpoint fails in a second instead of after a model has been built.
 """
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 import numbers
 import os
 from typing import Any
@@ -211,6 +211,25 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
            "config.json)")
 
 
+# The tokenizer a pipeline trains before its first stage, as its stages see it when checked.
+PIPELINE_TOKENIZER = "<tokenizer trained by the pipeline>"
+
+
+def _as_run_in_pipeline(pipeline, sub, earlier: Sequence[str]):
+  """(the stage config as the pipeline will run it, the inputs pending from earlier stages).
+
+  The pipeline gives every stage its tokenizer and seed; `init.checkpoint` and
+  `scorer.rm_checkpoint` may name an earlier stage, whose run directory does not exist yet.
+  """
+  sub = ml_collections.ConfigDict(sub.to_dict())
+  tokenizer = pipeline.get("tokenizer", {}).get("path") or PIPELINE_TOKENIZER
+  if sub.get("tokenizer") is not None:
+    sub.tokenizer.path = tokenizer
+  if pipeline.get("seed") is not None:
+    sub.seed = pipeline.seed
+  return sub, frozenset(earlier) | {PIPELINE_TOKENIZER}
+
+
 def validate(config, stages: Collection[str], num_devices: int,
              stage_checks: Mapping[str, Callable[[Any], list[str]]] | None = None) -> None:
   """Raises ConfigError naming every bad field of `config`.
@@ -251,7 +270,12 @@ def validate(config, stages: Collection[str], num_devices: int,
         continue
       sub_stage = sub.get("stage") if isinstance(sub, ml_collections.ConfigDict) else None
       if sub_stage in (stage_checks or {}) and sub_stage != "pipeline":
-        continue  # checked when the pipeline reaches it, once earlier stages' outputs exist
+        # Checked now, taking what earlier stages write (their run directories, the trained
+        # tokenizer) as present, and again when the pipeline reaches it.
+        c.problems.extend(
+            problem.replace("config.", f"config.{name}.", 1)
+            for problem in stage_checks[sub_stage](*_as_run_in_pipeline(config, sub, names[:i])))
+        continue
       if sub_stage not in TRAIN_STAGES:
         known = TRAIN_STAGES + tuple(sorted(set(stage_checks or ()) - {"pipeline"}))
         c.fail(f"{name}.stage", f"pipeline stages must be one of {known}, got {sub_stage!r}")

@@ -62,19 +62,20 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
 
 # stage name -> runner(config, workdir) -> summary dict.
 STAGES: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {}
-# stage name -> check(config) -> ["config.x: problem", ...], run before any compute.
-STAGE_CHECKS: dict[str, Callable[[ml_collections.ConfigDict], list[str]]] = {}
+# stage name -> check(config, pending=()) -> ["config.x: problem", ...], run before any
+# compute; `pending` holds the paths earlier pipeline stages will create (taken as present).
+STAGE_CHECKS: dict[str, Callable[..., list[str]]] = {}
 TOKENIZER_FILE = "tokenizer.model"
 MODEL_META = "model"
 
 
-def register_stage(name: str, check: Callable[[ml_collections.ConfigDict], list[str]] | None
-                   = None):
+def register_stage(name: str, check: Callable[..., list[str]] | None = None):
   """Decorator: makes `runner(config, workdir)` the stage `name` of the entry point.
 
-  `check(config)` returns the config's problems (one "config.field: what is wrong" string
-  each); it runs before any compute. pretrain, sft and pipeline are checked by
-  `config_validation` itself.
+  `check(config, pending=())` returns the config's problems (one "config.field: what is
+  wrong" string each); it runs before any compute, also for the stages of a pipeline, where
+  the inputs that earlier stages will write are `pending` (paths taken as present). pretrain,
+  sft and pipeline are checked by `config_validation` itself.
   """
 
   def decorate(runner):
@@ -384,8 +385,9 @@ register_stage("rm")(run_train_stage)
 def run_pipeline(config, workdir: str) -> dict:
   """Runs `config.stages` in order, each `config.<name>` in `<workdir>/<name>`.
 
-  Train stages are checked with the pipeline; the others (rl, sample, eval) when the pipeline
-  reaches them, after the stages whose outputs they read.
+  Every stage is checked with the pipeline, before any compute (the run directories and the
+  tokenizer that earlier stages will write taken as present); rl, sample and eval stages
+  again when the pipeline reaches them, once those inputs exist.
 
   A tokenizer is trained first (once) into `<workdir>/tokenizer.model` when
   `tokenizer.train_vocab_size` > 0 and no path is given, on synthetic documents and rendered
@@ -447,7 +449,7 @@ def run_pipeline(config, workdir: str) -> dict:
 # ----------------------------------------------------------------------------- eval stage
 
 
-def _check_sampling_inputs(config) -> list[str]:
+def _check_sampling_inputs(config, pending=()) -> list[str]:
   """Problems of the fields every sampling stage reads: params source, tokenizer, mesh."""
   problems = []
   given = [k for k in ("checkpoint", "params_dir", "hf_dir") if config.init.get(k)]
@@ -455,9 +457,10 @@ def _check_sampling_inputs(config) -> list[str]:
     problems.append("config.init: give exactly one of checkpoint, params_dir, hf_dir "
                     f"(got {given or 'none'})")
   for key in given:
-    if not os.path.isdir(config.init[key]):
+    if config.init[key] not in pending and not os.path.isdir(config.init[key]):
       problems.append(f"config.init.{key}: {config.init[key]!r} is not a directory")
-  if not config.tokenizer.path or not os.path.exists(config.tokenizer.path):
+  if config.tokenizer.path not in pending and (not config.tokenizer.path or
+                                              not os.path.exists(config.tokenizer.path)):
     problems.append(f"config.tokenizer.path: {config.tokenizer.path!r} does not exist")
   try:
     mesh_lib.resolve_mesh_shape(tuple(config.mesh.shape), jax.device_count())
@@ -466,10 +469,10 @@ def _check_sampling_inputs(config) -> list[str]:
   return problems
 
 
-def _check_eval_stage(config) -> list[str]:
+def _check_eval_stage(config, pending=()) -> list[str]:
   """Problems of an eval config, found before any compute."""
   from qmath_jax.evaluation import benchmarks, runner  # pylint: disable=g-import-not-at-top
-  problems = _check_sampling_inputs(config) + _check_rm_checkpoint(config)
+  problems = _check_sampling_inputs(config, pending) + _check_rm_checkpoint(config, pending)
   try:
     eval_config = runner.EvalConfig.from_mapping(config.eval)
   except (ValueError, TypeError) as e:
@@ -536,9 +539,9 @@ def run_eval_stage(config, workdir: str) -> dict:
 SAMPLE_TASKS = ("sft", "rm", "rl")
 
 
-def _check_sample_stage(config) -> list[str]:
+def _check_sample_stage(config, pending=()) -> list[str]:
   """Problems of a sample config, found before any compute."""
-  problems = _check_sampling_inputs(config)
+  problems = _check_sampling_inputs(config, pending)
   if config.task not in SAMPLE_TASKS:
     problems.append(f"config.task: expected one of {SAMPLE_TASKS}, got {config.task!r}")
   if config.sample.prompt_type not in ("cot", "tir"):
@@ -549,15 +552,15 @@ def _check_sample_stage(config) -> list[str]:
   if config.task == "rm" and config.sample.n != config.rm_data.list_size:
     problems.append(f"config.sample.n: {config.sample.n} responses per query, but "
                     f"config.rm_data.list_size is {config.rm_data.list_size}")
-  problems += _check_rm_checkpoint(config)
-  return problems + _check_problem_sources(config)
+  problems += _check_rm_checkpoint(config, pending)
+  return problems + _check_problem_sources(config, pending)
 
 
-def _check_problem_sources(config) -> list[str]:
+def _check_problem_sources(config, pending=()) -> list[str]:
   """Problems of `config.data.sources`: each a known source name, a jsonl file or 'synthetic'."""
   problems = []
   for name in config.data.sources:
-    if name == config_validation.SYNTHETIC:
+    if name == config_validation.SYNTHETIC or name in pending:
       continue
     if name.endswith(".jsonl"):
       if not os.path.isfile(name):
@@ -568,10 +571,11 @@ def _check_problem_sources(config) -> list[str]:
   return problems
 
 
-def _check_rm_checkpoint(config) -> list[str]:
+def _check_rm_checkpoint(config, pending=()) -> list[str]:
   """Problems of `config.scorer.rm_checkpoint`: empty, or an rm run's workdir."""
   rm_run = config.scorer.rm_checkpoint
-  if rm_run and not os.path.isdir(os.path.join(rm_run, loop.CHECKPOINT_DIR)):
+  if rm_run and rm_run not in pending and not os.path.isdir(
+      os.path.join(rm_run, loop.CHECKPOINT_DIR)):
     return [f"config.scorer.rm_checkpoint: no checkpoints in {rm_run!r} (expected an rm run's "
             "workdir)"]
   return []
@@ -637,9 +641,9 @@ def _rm_scorer(run_dir: str, tokenizer, batch_size: int, max_length: int, mesh):
 # ----------------------------------------------------------------------------- rl stage
 
 
-def _check_rl_stage(config) -> list[str]:
+def _check_rl_stage(config, pending=()) -> list[str]:
   """Problems of an rl config, found before any compute."""
-  problems = _check_sampling_inputs(config) + _check_problem_sources(config)
+  problems = _check_sampling_inputs(config, pending) + _check_problem_sources(config, pending)
   rl = config.rl
   for field in ("episodes", "problems_per_episode", "group_size", "max_new_tokens", "seq_len"):
     if not isinstance(rl[field], int) or rl[field] < (2 if field == "group_size" else 1):
@@ -656,7 +660,7 @@ def _check_rl_stage(config) -> list[str]:
   if config.sample.prompt_type not in ("cot", "tir"):
     problems.append(f"config.sample.prompt_type: expected 'cot' or 'tir', got "
                     f"{config.sample.prompt_type!r}")
-  problems += _check_rm_checkpoint(config)
+  problems += _check_rm_checkpoint(config, pending)
   return problems
 
 

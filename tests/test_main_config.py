@@ -127,3 +127,18 @@ def test_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch
   assert not list(tmp_path.iterdir())
   main.check_workdir("/mnt/bucket/run")  # mounted paths pass
   main.check_workdir("relative/run:1")
+
+
+def test_pipeline_checks_its_rl_stage_before_any_compute(tmp_path):
+  """A bad rl field of the demo pipeline fails at once, not after pretrain, SFT and the RM;
+  the rl stage's inputs from earlier stages (the sft run, the trained tokenizer) are not
+  reported missing."""
+  config = load_config("demo.py", "quick=1")
+  config.rl.rl.normalisation = "token_mean"
+  config.rl.rl.group_size = 1
+  message = _run_expecting(config, tmp_path, "config.rl.rl.normalisation: expected one of",
+                           "config.rl.rl.group_size: expected an integer >= 2")
+  assert "init.checkpoint" not in message and "tokenizer.path" not in message
+  config = load_config("demo.py", "quick=1")
+  config.rl.scorer.rm_checkpoint = str(tmp_path / "no_rm_run")  # not an earlier stage: checked
+  _run_expecting(config, tmp_path, "config.rl.scorer.rm_checkpoint: no checkpoints in")
