@@ -33,7 +33,8 @@ class ScriptedSampler:
                        "max_new_tokens": max_new_tokens})
     out = []
     for prompt in prompts_:
-      texts = self.script.get(_question(prompt), [self.default])
+      user = _question(prompt)  # few-shot sets put the exemplars before the question
+      texts = next((v for k, v in self.script.items() if user.endswith(k)), [self.default])
       out.append([types.Completion(text=t, token_ids=[0], logprobs=[0.0],
                                    finish_reason=types.FINISH_STOP, stop="<|im_end|>")
                   for t in itertools.islice(itertools.cycle(texts), n)])
