@@ -2,6 +2,8 @@
 
     cfg, params = load_hf("/ckpt/Qwen2.5-Math-7B", dtype="bfloat16", shardings=shardings)
     save_hf(cfg, params, "/out/my-model")   # Qwen2ForCausalLM.from_pretrained loads it
+    cfg, rm_params = load_hf_rm("/ckpt/Qwen2.5-Math-RM-72B", dtype="bfloat16")  # RewardModel's
+    save_hf_rm(cfg, rm_params, "/out/my-rm")  # Qwen2ForRewardModel (modeling_qwen2_rm.py) layout
 
 Loading reads one tensor at a time from memory-mapped files and builds each device's shard
 directly from the mapped bytes (`jax.make_array_from_callback`), casting as it goes: no torch,
@@ -21,14 +23,21 @@ from qmath_jax.hf import config_io, mapping
 from qmath_jax.hf.safetensors_io import SafetensorsError, SafetensorsFile, write
 from qmath_jax.model.config import ModelConfig
 
-__all__ = ["load_hf", "save_hf", "read_config", "SafetensorsError"]
+__all__ = ["load_hf", "save_hf", "load_hf_rm", "save_hf_rm", "read_config", "is_reward_model",
+           "SafetensorsError"]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
 def read_config(hf_dir, dtype: str = "float32") -> ModelConfig:
+  """The ModelConfig of a causal LM's checkpoint, or of a reward model's backbone."""
   return config_io.read_config(pathlib.Path(hf_dir), dtype)
+
+
+def is_reward_model(hf_dir) -> bool:
+  """Whether `hf_dir` holds a config.json naming `Qwen2ForRewardModel` (for `load_hf_rm`)."""
+  return config_io.is_reward_model(pathlib.Path(hf_dir))
 
 
 class _Checkpoint:
@@ -73,26 +82,54 @@ def load_hf(hf_dir, dtype: str = "float32", shardings=None, config: ModelConfig 
     (ModelConfig, params) with params in the layout of `qmath_jax.model.Transformer`.
   """
   hf_dir = pathlib.Path(hf_dir)
+  if is_reward_model(hf_dir):
+    raise ValueError(f"{hf_dir / 'config.json'}: a {config_io.REWARD_MODEL} checkpoint; "
+                     "load it with load_hf_rm")
+  return _load(hf_dir, dtype, shardings, config, reward_model=False)
+
+
+def load_hf_rm(hf_dir, dtype: str = "float32", shardings=None,
+               config: ModelConfig | None = None):
+  """Loads a Qwen2ForRewardModel checkpoint (e.g. Qwen2.5-Math-RM-72B) as our reward model.
+
+  Args and reading as `load_hf`; config.json must name `Qwen2ForRewardModel` (one label).
+  The score head loads in fp32 whatever `dtype` (our `ScoreHead`'s parameter dtype). The
+  checkpoint has no `lm_head.weight`; with untied embeddings our backbone's `lm_head` leaf,
+  which the RM never reads, is zeros (placed as `shardings` says, no host copy).
+  Returns:
+    (ModelConfig, params) in the layout of `train.reward_model.RewardModel`:
+    `{"backbone": <Transformer params>, "score_head": {"dense", "out"}}`.
+  """
+  hf_dir = pathlib.Path(hf_dir)
+  if config is None and not is_reward_model(hf_dir):
+    raise ValueError(f"{hf_dir / 'config.json'}: architectures do not name "
+                     f"{config_io.REWARD_MODEL}; load a causal LM with load_hf")
+  return _load(hf_dir, dtype, shardings, config, reward_model=True)
+
+
+def _load(hf_dir: pathlib.Path, dtype: str, shardings, config: ModelConfig | None,
+          reward_model: bool):
   cfg = config or read_config(hf_dir, dtype)
   checkpoint = _Checkpoint(hf_dir)
-  out_dtype = np.dtype(jax.numpy.dtype(dtype))
   params = {}
-  for entry in mapping.entries(cfg):
+  for entry in mapping.entries(cfg, reward_model):
     sharding = (mapping.get_path(shardings, entry.path) if shardings is not None
                 else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    if entry.stacked:
-      names = [entry.hf_name.format(i=i) for i in range(cfg.num_layers)]
-      for name in names:  # fail on a missing or misshapen tensor before any device work
-        checkpoint.get(name, entry.hf_shape)
-    else:
-      names = [entry.hf_name]
-      checkpoint.get(entry.hf_name, entry.hf_shape)
+    out_dtype = np.dtype(jax.numpy.dtype(entry.dtype or dtype))
+    names = ([entry.hf_name.format(i=i) for i in range(cfg.num_layers)] if entry.stacked
+             else [entry.hf_name])
+    for name in names if entry.stored else []:  # fail on a missing or misshapen tensor
+      checkpoint.get(name, entry.hf_shape)      # before any device work
     # Shape only: no host buffer (a 72B embedding would otherwise allocate gigabytes here).
     ours_shape = jax.eval_shape(entry.to_ours,
                                 jax.ShapeDtypeStruct(entry.hf_shape, np.int8)).shape
     shape = ((cfg.num_layers,) if entry.stacked else ()) + ours_shape
+    if not entry.stored:
+      zeros = jax.jit(lambda s=shape, d=out_dtype: jax.numpy.zeros(s, d), out_shardings=sharding)
+      mapping.set_path(params, entry.path, zeros())
+      continue
 
-    def read(index, entry=entry, names=names):
+    def read(index, entry=entry, names=names, out_dtype=out_dtype):
       if entry.stacked:
         layers = range(cfg.num_layers)[index[0]]
         return np.stack([entry.to_ours(checkpoint.get(names[i], entry.hf_shape))[index[1:]]
@@ -111,10 +148,27 @@ def save_hf(cfg: ModelConfig, params, hf_dir, dtype: str | None = None,
   beside `hf_dir` that is renamed into place only when complete; an existing `hf_dir` is
   replaced only then. Returns the directory.
   """
+  return _save(cfg, params, hf_dir, dtype, max_shard_bytes, reward_model=False)
+
+
+def save_hf_rm(cfg: ModelConfig, rm_params, hf_dir, dtype: str | None = None,
+               max_shard_bytes: int = 5 << 30) -> pathlib.Path:
+  """Writes `RewardModel` params as a Qwen2ForRewardModel checkpoint (Qwen2.5-Math-RM's layout:
+  `model.*` and `score.{0,2}.{weight,bias}`, config.json naming the architecture with
+  `num_labels: 1`), as `save_hf` writes. Every tensor, the score head's too, is written in
+  `dtype` (default `cfg.param_dtype`); the backbone's unused `lm_head` is not written.
+  """
+  return _save(cfg, rm_params, hf_dir, dtype, max_shard_bytes, reward_model=True)
+
+
+def _save(cfg: ModelConfig, params, hf_dir, dtype: str | None, max_shard_bytes: int,
+          reward_model: bool) -> pathlib.Path:
   hf_dir = pathlib.Path(hf_dir)
   out_dtype = np.dtype(jax.numpy.dtype(dtype or cfg.param_dtype))
   tensors = []
-  for entry in mapping.entries(cfg):
+  for entry in mapping.entries(cfg, reward_model):
+    if not entry.stored:
+      continue
     leaf = mapping.get_path(params, entry.path)
     layers = range(cfg.num_layers) if entry.stacked else [None]
     for i in layers:
@@ -149,7 +203,7 @@ def save_hf(cfg: ModelConfig, params, hf_dir, dtype: str | None = None,
       total = sum(out_dtype.itemsize * int(np.prod(t[1])) for t in tensors)
       (tmp / INDEX_FILE).write_text(json.dumps(
           {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    config = config_io.config_dict(cfg)
+    config = config_io.config_dict(cfg, reward_model)
     config["torch_dtype"] = config["dtype"] = out_dtype.name
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if hf_dir.exists():

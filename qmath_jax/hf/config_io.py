@@ -5,22 +5,44 @@ import pathlib
 
 from qmath_jax.model.config import ModelConfig
 
-SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM",)
+CAUSAL_LM = "Qwen2ForCausalLM"
+REWARD_MODEL = "Qwen2ForRewardModel"  # Qwen2.5-Math-RM's custom code (modeling_qwen2_rm.py)
+SUPPORTED_ARCHITECTURES = (CAUSAL_LM, REWARD_MODEL)
 
 
-def read_config(hf_dir: pathlib.Path, dtype: str) -> ModelConfig:
-  """Parses `hf_dir/config.json`; raises naming the file and field on anything unsupported."""
+def _raw(hf_dir: pathlib.Path) -> dict:
   path = hf_dir / "config.json"
   try:
-    raw = json.loads(path.read_text())
+    return json.loads(path.read_text())
   except FileNotFoundError:
     raise FileNotFoundError(f"{path}: no config.json in the checkpoint directory") from None
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: not valid JSON: {e}") from None
+
+
+def is_reward_model(hf_dir: pathlib.Path) -> bool:
+  """Whether `hf_dir/config.json` exists and names `Qwen2ForRewardModel`."""
+  try:
+    raw = _raw(hf_dir)
+  except (FileNotFoundError, ValueError):
+    return False
+  return REWARD_MODEL in (raw.get("architectures") or [])
+
+
+def read_config(hf_dir: pathlib.Path, dtype: str) -> ModelConfig:
+  """Parses `hf_dir/config.json` (a causal LM's, or a reward model's backbone); raises naming
+  the file and field on anything unsupported."""
+  path = hf_dir / "config.json"
+  raw = _raw(hf_dir)
   archs = raw.get("architectures") or []
   if not any(a in SUPPORTED_ARCHITECTURES for a in archs) and raw.get("model_type") != "qwen2":
     raise ValueError(f"{path}: unknown architecture {archs or raw.get('model_type')!r}; "
                      f"supported: {SUPPORTED_ARCHITECTURES}")
+  if REWARD_MODEL in archs:
+    # The released modeling_qwen2_rm.py fixes one label; config.json may omit the field.
+    labels = raw.get("num_labels", len(raw.get("id2label") or {0: None}))
+    if labels != 1:
+      raise ValueError(f"{path}: num_labels={labels}; a {REWARD_MODEL} scores with one label")
   if raw.get("use_sliding_window"):
     raise ValueError(f"{path}: use_sliding_window=true is not supported (Qwen2.5 does not use it)")
   # transformers >= 5 writes rope_theta inside rope_parameters (top-level may be null).
@@ -56,10 +78,13 @@ def _first_id(value, default: int) -> int:
   return default if value is None else int(value)
 
 
-def config_dict(cfg: ModelConfig) -> dict:
-  """The config.json that transformers' Qwen2ForCausalLM loads (4.x and 5.x)."""
+def config_dict(cfg: ModelConfig, reward_model: bool = False) -> dict:
+  """The config.json that transformers' Qwen2ForCausalLM loads (4.x and 5.x), or with
+  `reward_model` the one of a Qwen2ForRewardModel (one label)."""
+  head = {"architectures": [REWARD_MODEL], "num_labels": 1} if reward_model else {
+      "architectures": [CAUSAL_LM]}
   return {
-      "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+      **head, "model_type": "qwen2",
       "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
       "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
       "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,

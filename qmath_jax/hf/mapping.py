@@ -2,6 +2,12 @@
 
 HF linear weights are `[out, in]`; ours are `[in, ...out]` with heads split out, and every
 per-layer tensor is stacked on a leading `layers` axis (the scanned decoder).
+
+The reward model (`Qwen2ForRewardModel`, e.g. Qwen2.5-Math-RM-72B) stores the same `model.*`
+tensors, which sit under `backbone` in our `train.reward_model.RewardModel` tree, and its score
+head `score.0` / `score.2` (Linear(H, H) -> ReLU -> Linear(H, 1), with biases). It has no
+`lm_head.weight`; our untied backbone keeps an `lm_head` leaf that the RM never reads: it is
+zeros on load and not written on save (`Entry.stored` False).
 """
 
 import dataclasses
@@ -15,12 +21,17 @@ from qmath_jax.model.config import ModelConfig
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """One parameter leaf: its path in our tree, its HF name (with `{i}` for the layer index),
-  the HF tensor shape, and the conversions between the two layouts (per layer)."""
+  the HF tensor shape, and the conversions between the two layouts (per layer).
+
+  `dtype` fixes our leaf's dtype whatever the load's (the RM's fp32 score head); `stored` False
+  marks a leaf of ours with no HF tensor (zeros on load, skipped on save)."""
   path: tuple[str, ...]
   hf_name: str
   hf_shape: tuple[int, ...]
   to_ours: Callable[[np.ndarray], np.ndarray]
   to_hf: Callable[[np.ndarray], np.ndarray]
+  dtype: str | None = None
+  stored: bool = True
 
   @property
   def stacked(self) -> bool:
@@ -35,8 +46,9 @@ def _t(x):
   return x.T
 
 
-def entries(cfg: ModelConfig) -> list[Entry]:
-  """Every parameter of `cfg`'s model, in HF checkpoint order."""
+def entries(cfg: ModelConfig, reward_model: bool = False) -> list[Entry]:
+  """Every parameter of `cfg`'s causal LM, or with `reward_model` of its reward model (backbone
+  under `backbone`, then the score head), in HF checkpoint order."""
   e, h, k, d, m = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                    cfg.intermediate_size)
   layer = "model.layers.{i}."
@@ -63,8 +75,17 @@ def entries(cfg: ModelConfig) -> list[Entry]:
   ]
   table.append(Entry(("final_norm", "scale"), "model.norm.weight", (e,), _same, _same))
   if not cfg.tie_embeddings:
-    table.append(Entry(("lm_head",), "lm_head.weight", (cfg.vocab_size, e), _t, _t))
-  return table
+    table.append(Entry(("lm_head",), "lm_head.weight", (cfg.vocab_size, e), _t, _t,
+                       stored=not reward_model))
+  if not reward_model:
+    return table
+  table = [dataclasses.replace(entry, path=("backbone", *entry.path)) for entry in table]
+  return table + [
+      Entry(("score_head", "dense", "kernel"), "score.0.weight", (e, e), _t, _t, "float32"),
+      Entry(("score_head", "dense", "bias"), "score.0.bias", (e,), _same, _same, "float32"),
+      Entry(("score_head", "out", "kernel"), "score.2.weight", (1, e), _t, _t, "float32"),
+      Entry(("score_head", "out", "bias"), "score.2.bias", (1,), _same, _same, "float32"),
+  ]
 
 
 def get_path(tree, path):
