@@ -30,8 +30,9 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-def read_config(hf_dir, dtype: str = "float32") -> ModelConfig:
-  """The ModelConfig of a causal LM's checkpoint, or of a reward model's backbone."""
+def read_config(hf_dir, dtype: str | None = "float32") -> ModelConfig:
+  """The ModelConfig of a causal LM's checkpoint, or of a reward model's backbone; its dtypes
+  `dtype`, or with None the checkpoint's own (config.json's `dtype` / `torch_dtype`)."""
   return config_io.read_config(pathlib.Path(hf_dir), dtype)
 
 
@@ -52,16 +53,18 @@ class _Checkpoint:
         raise ValueError(f"{index}: not a safetensors index ({e!r})") from None
       files = {name: SafetensorsFile(hf_dir / name) for name in sorted(set(weight_map.values()))}
       self._where = {tensor: files[name] for tensor, name in weight_map.items()}
+      self._listing = index
     elif (hf_dir / SINGLE_FILE).exists():
       single = SafetensorsFile(hf_dir / SINGLE_FILE)
       self._where = {tensor: single for tensor in single.names()}
+      self._listing = single.path
     else:
       raise FileNotFoundError(f"{hf_dir}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
 
   def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
     source = self._where.get(name)
     if source is None or name not in source:
-      where = source.path if source else "the checkpoint"
+      where = source.path if source else self._listing
       raise KeyError(f"missing tensor {name!r} in {where}")
     if source.shape(name) != shape:
       raise ValueError(f"tensor {name!r} in {source.path} has shape {source.shape(name)}, "
@@ -88,11 +91,12 @@ def load_hf(hf_dir, dtype: str = "float32", shardings=None, config: ModelConfig 
   return _load(hf_dir, dtype, shardings, config, reward_model=False)
 
 
-def load_hf_rm(hf_dir, dtype: str = "float32", shardings=None,
+def load_hf_rm(hf_dir, dtype: str | None = "float32", shardings=None,
                config: ModelConfig | None = None):
   """Loads a Qwen2ForRewardModel checkpoint (e.g. Qwen2.5-Math-RM-72B) as our reward model.
 
   Args and reading as `load_hf`; config.json must name `Qwen2ForRewardModel` (one label).
+  `dtype` None keeps the checkpoint's own (config.json's `dtype` / `torch_dtype`).
   The score head loads in fp32 whatever `dtype` (our `ScoreHead`'s parameter dtype). The
   checkpoint has no `lm_head.weight`; with untied embeddings our backbone's `lm_head` leaf,
   which the RM never reads, is zeros (placed as `shardings` says, no host copy).
@@ -110,6 +114,7 @@ def load_hf_rm(hf_dir, dtype: str = "float32", shardings=None,
 def _load(hf_dir: pathlib.Path, dtype: str, shardings, config: ModelConfig | None,
           reward_model: bool):
   cfg = config or read_config(hf_dir, dtype)
+  dtype = dtype or cfg.param_dtype
   checkpoint = _Checkpoint(hf_dir)
   params = {}
   for entry in mapping.entries(cfg, reward_model):

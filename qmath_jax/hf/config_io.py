@@ -29,11 +29,13 @@ def is_reward_model(hf_dir: pathlib.Path) -> bool:
   return REWARD_MODEL in (raw.get("architectures") or [])
 
 
-def read_config(hf_dir: pathlib.Path, dtype: str) -> ModelConfig:
+def read_config(hf_dir: pathlib.Path, dtype: str | None) -> ModelConfig:
   """Parses `hf_dir/config.json` (a causal LM's, or a reward model's backbone); raises naming
-  the file and field on anything unsupported."""
+  the file and field on anything unsupported. `dtype` None: the checkpoint's own (its
+  `dtype` / `torch_dtype` field, else float32)."""
   path = hf_dir / "config.json"
   raw = _raw(hf_dir)
+  dtype = dtype or raw.get("dtype") or raw.get("torch_dtype") or "float32"
   archs = raw.get("architectures") or []
   if not any(a in SUPPORTED_ARCHITECTURES for a in archs) and raw.get("model_type") != "qwen2":
     raise ValueError(f"{path}: unknown architecture {archs or raw.get('model_type')!r}; "
