@@ -572,13 +572,16 @@ def _check_problem_sources(config, pending=()) -> list[str]:
 
 
 def _check_rm_checkpoint(config, pending=()) -> list[str]:
-  """Problems of `config.scorer.rm_checkpoint`: empty, or an rm run's workdir."""
-  rm_run = config.scorer.rm_checkpoint
-  if rm_run and rm_run not in pending and not os.path.isdir(
-      os.path.join(rm_run, loop.CHECKPOINT_DIR)):
-    return [f"config.scorer.rm_checkpoint: no checkpoints in {rm_run!r} (expected an rm run's "
-            "workdir)"]
-  return []
+  """Problems of `config.scorer.rm_checkpoint`: empty, an rm run's workdir, or a Hugging Face
+  reward-model directory (config.json naming Qwen2ForRewardModel, e.g. Qwen2.5-Math-RM-72B)."""
+  from qmath_jax import hf  # pylint: disable=g-import-not-at-top
+  rm = config.scorer.rm_checkpoint
+  if (not rm or rm in pending or os.path.isdir(os.path.join(rm, loop.CHECKPOINT_DIR))
+      or hf.is_reward_model(rm)):
+    return []
+  return [f"config.scorer.rm_checkpoint: no checkpoints in {rm!r} (expected an rm run's "
+          "workdir, or a Hugging Face reward-model directory whose config.json names "
+          "Qwen2ForRewardModel)"]
 
 
 def _problems(config, keep_empty_answers: bool = False) -> list:
@@ -629,11 +632,20 @@ def run_sample_stage(config, workdir: str) -> dict:
           "summary": summary}
 
 
-def _rm_scorer(run_dir: str, tokenizer, batch_size: int, max_length: int, mesh):
-  """`rl.rewards.RewardModelScorer` over the latest checkpoint of an rm run, sharded on `mesh`
-  (the stage's: rows over its batch axes, the RM's weights by the logical-axis rules)."""
+def _rm_scorer(rm_checkpoint: str, tokenizer, batch_size: int, max_length: int, mesh):
+  """`rl.rewards.RewardModelScorer` over `scorer.rm_checkpoint`, sharded on `mesh` (the stage's:
+  rows over its batch axes, the RM's weights by the logical-axis rules): an rm run's latest
+  checkpoint, or a Hugging Face Qwen2ForRewardModel directory (e.g. Qwen2.5-Math-RM-72B,
+  loaded in its own dtype with `hf.load_hf_rm`)."""
+  from qmath_jax import hf  # pylint: disable=g-import-not-at-top
   from qmath_jax.rl import rewards  # pylint: disable=g-import-not-at-top
-  model_cfg, params, _ = _latest_run_params(run_dir, mesh)
+  if hf.is_reward_model(rm_checkpoint):
+    model_cfg = hf.read_config(rm_checkpoint, dtype=None)
+    _, shardings = _stage_shardings("rm", model_cfg, mesh)
+    _, params = hf.load_hf_rm(rm_checkpoint, dtype=model_cfg.param_dtype, shardings=shardings,
+                              config=model_cfg)
+  else:
+    model_cfg, params, _ = _latest_run_params(rm_checkpoint, mesh)
   return rewards.RewardModelScorer(model_cfg, params, tokenizer, batch_size=batch_size,
                                    max_length=max_length, mesh=mesh)
 
@@ -761,6 +773,18 @@ def run_rl_stage(config, workdir: str) -> dict:
 ACCURACY_FILE = "accuracy.json"
 
 
+def _stage_shardings(stage: str, model_cfg, mesh=None):
+  """(abstract params, their shardings) of a stage's model (`_stage_model`): all on one local
+  device, or with `mesh` sharded over it by the logical-axis rules."""
+  _, init, _ = _stage_model(stage, model_cfg)
+  boxed = jax.eval_shape(lambda: init(jax.random.key(0)))
+  abstract = nn.unbox(boxed)
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return abstract, jax.tree.map(lambda _: device, abstract)
+  return abstract, rules_lib.tree_shardings(boxed, mesh)
+
+
 def _latest_run_params(run_dir: str, mesh=None):
   """(ModelConfig, params, step) of a run directory's latest checkpoint.
 
@@ -777,14 +801,7 @@ def _latest_run_params(run_dir: str, mesh=None):
   finally:
     checkpointer.close()
   model_cfg = model_config.ModelConfig(**meta[MODEL_META])
-  _, init, _ = _stage_model(meta.get("stage", "sft"), model_cfg)
-  boxed = jax.eval_shape(lambda: init(jax.random.key(0)))
-  abstract = nn.unbox(boxed)
-  if mesh is None:
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: device, abstract)
-  else:
-    shardings = rules_lib.tree_shardings(boxed, mesh)
+  abstract, shardings = _stage_shardings(meta.get("stage", "sft"), model_cfg, mesh)
   params = checkpoint_lib.restore_params(
       os.path.join(run_dir, loop.CHECKPOINT_DIR),
       checkpoint_lib.abstract_with_shardings(abstract, shardings))
