@@ -198,7 +198,8 @@ class _GoldenRowsTokenizer:
 
 def test_rm_scorer_scores_with_an_hf_rm_dir_on_the_mesh():
   mesh = mesh_lib.make_mesh((2, 2, 2))
-  scorer = main._rm_scorer(str(RM), _GoldenRowsTokenizer(), 3, 64, mesh)  # pylint: disable=protected-access
+  rm_scorer = main._rm_scorer  # pylint: disable=protected-access
+  scorer = rm_scorer(str(RM), _GoldenRowsTokenizer(), 3, 64, mesh)
   assert scorer.params["score_head"]["dense"]["kernel"].sharding.mesh == mesh
   rows = len(_golden()["lengths"])
   prompts = ["<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"] * 2
