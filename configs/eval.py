@@ -6,7 +6,7 @@ r"""The eval stage: the report's benchmarks with CoT or TIR prompts, greedy or m
     python -m qmath_jax.main --config=configs/eval.py:mode=maj8,prompt=tir ...
 
 Modes (SPEC): `greedy` (temperature 0), `maj8` (n=8, temperature 0.7, top_p 0.8); with
-`--config.scorer.rm_checkpoint=<rm run>` the same samples also give RM@8. Params come
+`--config.scorer.rm_checkpoint=<rm run or HF reward-model dir>` the same samples also give RM@8. Params come
 from exactly one of `init.checkpoint` (a run's workdir), `init.params_dir`, `init.hf_dir`.
 Benchmark files are read from `eval.data_dir` (default: $QMATH_DATA_DIR, then ../shared/data).
 """
@@ -56,7 +56,9 @@ def get_config(arg=None):
   c.eval.seed = 0
   c.eval.data_dir = ""
   c.scorer = ml_collections.ConfigDict()
-  c.scorer.rm_checkpoint = ""  # an rm run's workdir: adds RM@N (best of n by its score)
+  # An rm run's workdir or a Hugging Face reward-model directory (e.g. Qwen2.5-Math-RM-72B):
+  # adds RM@N (best of n by its score).
+  c.scorer.rm_checkpoint = ""
   c.scorer.batch_size = 16
   c.scorer.max_length = 4096
   c.sandbox = ml_collections.ConfigDict()

@@ -85,7 +85,7 @@ def get_config(arg=None):
   c.optim.weight_decay = 0.0
 
   c.scorer = ml_collections.ConfigDict()
-  c.scorer.rm_checkpoint = ""
+  c.scorer.rm_checkpoint = ""  # an rm run's workdir or a Hugging Face reward-model directory
   c.scorer.batch_size = 16
   c.scorer.max_length = common.SEQ_LEN
   c.sandbox = ml_collections.ConfigDict()

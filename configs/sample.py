@@ -70,7 +70,8 @@ def get_config(arg=None):
   c.rl_queries.max_correct = 5
 
   c.scorer = ml_collections.ConfigDict()
-  c.scorer.rm_checkpoint = ""  # an rm run's workdir: rank kept responses by its scores
+  # An rm run's workdir or a Hugging Face reward-model directory: ranks kept responses.
+  c.scorer.rm_checkpoint = ""
   c.scorer.batch_size = 16
   c.scorer.max_length = 4096
   c.sandbox = ml_collections.ConfigDict()
