@@ -225,3 +225,26 @@ def test_chinese_choice_sets_are_few_shot_only_for_one_letter_golds(tmp_path):
   assert users[0].endswith("合成题一 A.1 B.2") and len(users[0]) > 200   # exemplars first
   assert users[1:] == ["合成题二 A.1 B.2 C.3 D.4", "合成题三"]
   assert all(gold not in users[1] for gold in ("ABD", "1,2,4"))
+
+
+def test_reward_model_reads_the_question_without_few_shot_exemplars(tmp_path):
+  """RM@N on a few-shot set: the sampler's prompt holds the exemplars, the RM's does not
+  (SPEC: the RM reads [system, user question, assistant response])."""
+  path = tmp_path / "data" / "cn_middle_school" / "test.jsonl"
+  path.parent.mkdir(parents=True)
+  path.write_text(json.dumps({"idx": 0, "question": "合成题 A.1 B.2", "answer": "2",
+                              "choice_answer": "B"}, ensure_ascii=False) + "\n")
+  seen = []
+
+  def score_fn(prompt_texts, responses):
+    seen.extend(prompt_texts)
+    return [[0.0] * len(r) for r in responses]
+
+  sampler = ScriptedSampler({"合成题 A.1 B.2": ["\\boxed{B}"]})
+  runner.run_eval(sampler, tmp_path / "work", runner.EvalConfig(
+      datasets=("cn_middle_school",), n=2, temperature=0.7, data_dir=str(tmp_path / "data")),
+      score_fn=score_fn)
+  assert len(_question(sampler.calls[0]["prompts"][0])) > 200  # 5-shot for the sampler
+  assert seen == [chat.render([{"role": "system", "content": chat.SYSTEM_PROMPTS["cot"]},
+                               {"role": "user", "content": "合成题 A.1 B.2"}],
+                              add_generation_prompt=True)]

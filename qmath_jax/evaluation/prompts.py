@@ -150,14 +150,15 @@ def uses_few_shot(data_name: str, choice: bool, answer: str | None = None) -> bo
 
 
 def build_messages(question: str, data_name: str, prompt_type: str = "cot",
-                   choice: bool = False, answer: str | None = None) -> list[dict]:
+                   choice: bool = False, answer: str | None = None,
+                   few_shot: bool = True) -> list[dict]:
   """The conversation for one problem: the system turn, then one user turn holding the
-  exemplars (when few-shot) and the question."""
+  exemplars (when the dataset is few-shot and `few_shot`) and the question."""
   if prompt_type not in chat.SYSTEM_PROMPTS:
     raise ValueError(f"prompt_type {prompt_type!r} is not one of {sorted(chat.SYSTEM_PROMPTS)}")
   messages = [{"role": "system", "content": chat.SYSTEM_PROMPTS[prompt_type]}]
   content = question
-  if uses_few_shot(data_name, choice, answer):
+  if few_shot and uses_few_shot(data_name, choice, answer):
     name = gold.base_name(data_name)
     exemplars = _ENGLISH_EXEMPLARS if name in FEW_SHOT_ENGLISH else _CHINESE_EXEMPLARS
     shots = [f"{q}\n{cot if prompt_type == 'cot' else tir}"
@@ -168,7 +169,7 @@ def build_messages(question: str, data_name: str, prompt_type: str = "cot",
 
 
 def build_prompt(question: str, data_name: str, prompt_type: str = "cot",
-                 choice: bool = False, answer: str | None = None) -> str:
-  """ChatML text ending in an open assistant turn."""
-  return chat.render(build_messages(question, data_name, prompt_type, choice, answer),
+                 choice: bool = False, answer: str | None = None, few_shot: bool = True) -> str:
+  """ChatML text ending in an open assistant turn (`few_shot=False`: never exemplars)."""
+  return chat.render(build_messages(question, data_name, prompt_type, choice, answer, few_shot),
                      add_generation_prompt=True)

@@ -133,7 +133,12 @@ def sample_dataset(sampler, problems: list[benchmarks.Problem], kind: str, confi
       raise ValueError(f"sampler returned {[len(c) for c in completions]} completions for "
                        f"{len(batch)} prompts x n={config.n}")
     texts = [[c.text for c in per_prompt] for per_prompt in completions]
-    scores = score_fn(prompt_texts, texts) if score_fn is not None else None
+    scores = None
+    if score_fn is not None:
+      # The RM reads [system, question, response] (SPEC), as it was trained: no exemplars.
+      rm_prompts = [prompts.build_prompt(p.question, kind, config.prompt_type, few_shot=False)
+                    for p in batch]
+      scores = score_fn(rm_prompts, texts)
     graded = parallel.on_writer(lambda: [  # graded once, the same on every process
         _grade(problem, texts[k], kind, config.grade_timeout) for k, problem in enumerate(batch)])
     new = []
