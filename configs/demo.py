@@ -125,7 +125,9 @@ def get_config(arg=None):
   # the gradient. `scorer.rm_checkpoint = "rm"` restores the shaped reward. The GRPO variants
   # were no better (SFT -> RL, seeds 0 / 1; defaults 34 -> 37, 40 -> 41): unscaled "Dr. GRPO"
   # advantages (`rl.rl.scale_advantages_by_std=False`) 34 -> 36, 40 -> 41; token-mean loss
-  # (`rl.rl.normalisation="token"`) 34 -> 35, 40 -> 39.
+  # (`rl.rl.normalisation="token"`) 34 -> 35, 40 -> 39; the shaped reward with unscaled
+  # advantages (so all-right or all-wrong groups keep only their small RM spread) 34 -> 36,
+  # 40 -> 40.
   c.rl = rl_config.get_config("model=qwen2.5-math-1.5b")
   c.rl.model = _stage("rl", quick).model
   c.rl.mesh.shape = (-1, 1, 1)
