@@ -129,6 +129,20 @@ def test_scorer_rejects_long_conversations_naming_index_and_lengths(rm_params):
     scorer.score([CONVERSATIONS[0][:2]])
 
 
+def test_scorer_rejects_token_ids_outside_the_rm_vocabulary(rm_params):
+  class WideTokenizer:  # ids past the RM's vocabulary, as another model's tokenizer gives
+    pad_id = 0
+
+    def encode(self, text):
+      return [1, CFG.vocab_size + 5]
+
+  scorer = rewards.RewardModelScorer(CFG, rm_params, WideTokenizer())
+  with pytest.raises(ValueError, match=rf"conversation 0 has token id {CFG.vocab_size + 5} "
+                                       rf"outside the reward model's vocabulary of "
+                                       rf"{CFG.vocab_size}"):
+    scorer.score(CONVERSATIONS[:1])
+
+
 def test_completion_scores_for_rm_at_n_equal_the_conversation_scores(rm_params):
   scorer = rewards.RewardModelScorer(CFG, rm_params, TOKENIZER, batch_size=4, max_length=160)
   prompts = [chat.render(c[:-1], add_generation_prompt=True) for c in CONVERSATIONS[:2]]

@@ -124,7 +124,8 @@ class RewardModelScorer:
     self.max_length = max_length
 
   def encode(self, conversations: Sequence[Sequence[dict]]) -> list[list[int]]:
-    """Token ids of each chat-formatted conversation; raises ValueError when one is too long."""
+    """Token ids of each chat-formatted conversation; raises ValueError when one is too long
+    or holds an id outside the RM's vocabulary."""
     texts = []
     for i, messages in enumerate(conversations):
       if not messages or messages[-1].get("role") != "assistant":
@@ -138,6 +139,10 @@ class RewardModelScorer:
       ids = self.tokenizer.encode(text)
       if len(ids) > self.max_length:
         raise ValueError(f"{what} {i} has {len(ids)} tokens > max_length={self.max_length}")
+      bad = [t for t in ids if not 0 <= int(t) < self.cfg.vocab_size]
+      if bad:  # the embedding lookup would clamp them into other tokens' rows
+        raise ValueError(f"{what} {i} has token id {bad[0]} outside the reward model's "
+                         f"vocabulary of {self.cfg.vocab_size}: is the tokenizer the RM's?")
       encoded.append(ids)
     return encoded
 
