@@ -9,7 +9,6 @@ import pytest
 
 from qmath_jax.evaluation import benchmarks
 from qmath_jax.evaluation import gold_audit
-from qmath_jax.evaluation import runner
 
 # Reference solutions that are responses ending in their answer: floor on the share graded
 # correct (the misses are data: e.g. MATH row whose `answer` is a sentence, AIME's
@@ -46,7 +45,7 @@ def test_score_is_the_eval_stage_path():
                               choice=True)
   assert gold_audit.score(letter, "so \\boxed{\\text{(C)}}", "aqua") == ("C", True)
   for response in ("\\boxed{0.5}", "so 1/2", "\\boxed{2}"):   # the eval stage's own grading
-    assert runner._grade(problem, [response], "math", 3.0) == tuple(
+    assert benchmarks.grade(problem, [response], "math", 3.0) == tuple(
         [x] for x in gold_audit.score(problem, response, "math"))
   assert gold_audit.solution_response("a\n#### 5", "gsm8k") == "a\nThe answer is 5"
   assert gold_audit.solution_response("( 290.0 / 2.0 )", "svamp") == ""

@@ -13,6 +13,7 @@ import pytest
 from jax.experimental import multihost_utils
 
 from qmath_jax import parallel
+from qmath_jax.evaluation import benchmarks
 from qmath_jax.evaluation import runner
 from qmath_jax.parallel import hosts
 from qmath_jax.sampling import tir, types
@@ -101,8 +102,9 @@ def test_eval_on_another_process_writes_nothing_and_returns_the_results(monkeypa
   config = runner.EvalConfig(datasets=("gsm8k",), data_dir=str(tmp_path / "data"))
   alone = runner.run_eval(OneAnswerSampler(), tmp_path / "alone", config)
   graders = []
-  grade = runner._grade  # pylint: disable=protected-access
-  monkeypatch.setattr(runner, "_grade", lambda *a: graders.append(jax.process_index()) or grade(*a))
+  grade = benchmarks.grade
+  monkeypatch.setattr(benchmarks, "grade",
+                      lambda *a: graders.append(jax.process_index()) or grade(*a))
   fake = FakeProcesses(monkeypatch)
   writer = runner.run_eval(OneAnswerSampler(), tmp_path / "work", config)
   fake.be(1)

@@ -8,11 +8,14 @@ it is prompted and graded.
 
 import dataclasses
 import pathlib
+from collections.abc import Sequence
 
 from qmath_jax.data import gold
 from qmath_jax.data import paths
 from qmath_jax.data import records
 from qmath_jax.data import sources
+from qmath_jax.evaluation import extract
+from qmath_jax.evaluation import grader
 from qmath_jax.evaluation import prompts
 
 
@@ -102,6 +105,14 @@ def to_eval_problem(problem: sources.Problem, name: str, index: int, kind: str,
   return Problem(dataset=name, index=index, id=problem.id,
                  question=prompts.question_text(problem, row), gold=problem.answer,
                  choice=gold.answer_is_choice(problem.answer, kind))
+
+
+def grade(problem: Problem, texts: Sequence[str], kind: str,
+          timeout: float = 3.0) -> tuple[list[str], list[bool]]:
+  """(extracted answers, correct) of responses to `problem`: `extract_answer` with the problem's
+  choice rule, then `math_equal` against its gold. The eval stage's scoring."""
+  preds = [extract.extract_answer(t, kind, choice=problem.choice) for t in texts]
+  return preds, [grader.math_equal(p, problem.gold, timeout=timeout) for p in preds]
 
 
 def load(name: str, data_dir=None, limit: int | None = None,

@@ -1,8 +1,8 @@
 """Audit of the production scorer against each benchmark's own references.
 
 For every problem of a benchmark, four kinds of response go through exactly the eval stage's
-scoring (`runner._grade`: `extract_answer` with the problem's choice rule, then `math_equal`
-against `Problem.gold`; repeated here so that the audit does not import JAX):
+scoring (`benchmarks.grade`: `extract_answer` with the problem's choice rule, then
+`math_equal` against `Problem.gold`):
 
   perfect   a short worked response ending "the final answer is $\\boxed{GOLD}$" (distractor
             numbers in the reasoning), which must be marked correct;
@@ -25,8 +25,6 @@ import re
 
 from qmath_jax.data import sources
 from qmath_jax.evaluation import benchmarks
-from qmath_jax.evaluation import extract
-from qmath_jax.evaluation import grader
 from qmath_jax.evaluation import normalize
 
 
@@ -92,20 +90,16 @@ def digit_changed(gold: str) -> str | None:
 def score(problem: benchmarks.Problem, response: str, kind: str,
           timeout: float = 3.0) -> tuple[str, bool]:
   """(extracted answer, correct) exactly as the eval stage grades `response`."""
-  pred = extract.extract_answer(response, kind, choice=problem.choice)
-  return pred, grader.math_equal(pred, problem.gold, timeout=timeout)
+  (pred,), (correct,) = benchmarks.grade(problem, [response], kind, timeout)
+  return pred, correct
 
 
 def load_with_solutions(name: str, data_dir=None):
   """[(Problem, reference solution text)] of benchmark `name`, rows with a gold only."""
-  bench = benchmarks.get(name)
-  rows = sources.load(bench.source, data_dir, strict=True, keep_empty_answers=True)
-  out = []
-  for index, row in enumerate(rows):
-    problem = benchmarks.to_eval_problem(row, name, index, bench.kind)
-    if problem.gold.strip():
-      out.append((problem, row.solution))
-  return out
+  rows = sources.load(benchmarks.get(name).source, data_dir, strict=True,
+                      keep_empty_answers=True)
+  return [(problem, rows[problem.index].solution)
+          for problem in benchmarks.load(name, data_dir)]
 
 
 def _other_gold(problems, k):

@@ -22,8 +22,6 @@ from collections.abc import Callable, Sequence
 from qmath_jax import parallel
 from qmath_jax.data import records
 from qmath_jax.evaluation import benchmarks
-from qmath_jax.evaluation import extract
-from qmath_jax.evaluation import grader
 from qmath_jax.evaluation import metrics
 from qmath_jax.evaluation import prompts
 from qmath_jax.evaluation import report
@@ -106,12 +104,6 @@ def _append(path: pathlib.Path, new: list[dict]) -> None:
     os.fsync(f.fileno())
 
 
-def _grade(problem: benchmarks.Problem, texts: list[str], kind: str, timeout: float):
-  preds = [extract.extract_answer(t, kind, choice=problem.choice) for t in texts]
-  correct = [grader.math_equal(p, problem.gold, timeout=timeout) for p in preds]
-  return preds, correct
-
-
 def sample_dataset(sampler, problems: list[benchmarks.Problem], kind: str, config: EvalConfig,
                    samples_path: pathlib.Path, score_fn: ScoreFn | None = None) -> list[dict]:
   """Samples, grades and caches every problem not yet in `samples_path`; returns all records."""
@@ -140,7 +132,8 @@ def sample_dataset(sampler, problems: list[benchmarks.Problem], kind: str, confi
                     for p in batch]
       scores = score_fn(rm_prompts, texts)
     graded = parallel.on_writer(lambda: [  # graded once, the same on every process
-        _grade(problem, texts[k], kind, config.grade_timeout) for k, problem in enumerate(batch)])
+        benchmarks.grade(problem, texts[k], kind, config.grade_timeout)
+        for k, problem in enumerate(batch)])
     new = []
     for k, (problem, per_prompt) in enumerate(zip(batch, completions)):
       preds, correct = graded[k]
