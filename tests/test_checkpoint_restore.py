@@ -114,6 +114,31 @@ def test_sigkill_during_async_save_keeps_previous_checkpoint(tmp_path):
   checkpointer.close()
 
 
+def test_best_step_survives_a_restart_and_ignores_other_metrics(tmp_path):
+  def checkpointer():
+    return checkpoint_lib.Checkpointer(tmp_path, keep_last=1, best_metric="eval/loss",
+                                       best_mode="min", async_save=False)
+
+  first = checkpointer()
+  for step, metrics in ((1, {"eval/loss": 3.0}), (2, {"eval/loss": 1.0}),
+                        (3, {"eval/loss": 2.0}), (4, {"eval/other": 0.0}), (5, None)):
+    first.save(step, {"x": jnp.full((2,), step, jnp.float32)}, metrics=metrics)
+  assert first.all_steps() == [2, 5]  # the best and the last
+  assert first.best_step() == 2
+  first.close()
+
+  resumed = checkpointer()  # a restarted run reads the ranking back from disk
+  assert resumed.best_step() == 2
+  resumed.save(6, {"x": jnp.full((2,), 6, jnp.float32)}, metrics={"eval/loss": 4.0})
+  assert resumed.all_steps() == [2, 6]
+  abstract = {"x": jax.ShapeDtypeStruct((2,), jnp.float32,
+                                        sharding=jax.sharding.SingleDeviceSharding(
+                                            jax.devices()[0]))}
+  restored, _, _ = resumed.restore(resumed.best_step(), abstract)
+  np.testing.assert_array_equal(restored["x"], [2.0, 2.0])
+  resumed.close()
+
+
 def _big_state(value):
   """About 96 MB of float32, so writing it takes long enough to be interrupted."""
   return {"w": jnp.full((3, 2048, 4096), value, jnp.float32), "step": jnp.int32(value)}

@@ -96,12 +96,16 @@ class Checkpointer:
     self.directory = os.fspath(directory)
     self.best_metric = best_metric
     policies = [checkpoint_managers.LatestN(n=keep_last)]
+    best_fn = None
     if best_metric:
-      sign = 1.0 if best_mode == "max" else -1.0
+      best_fn = lambda metrics: float(metrics[best_metric])
       policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda metrics: sign * float(metrics[best_metric]),
-          n=keep_best, keep_checkpoints_without_metrics=False))
+          get_metric_fn=best_fn, reverse=best_mode == "min", n=keep_best,
+          keep_checkpoints_without_metrics=False))
+    # best_fn also makes orbax write each step's metrics to disk (a restarted run's BestN
+    # would otherwise see no metrics and delete the best step) and drives `best_step`.
     options = ocp.CheckpointManagerOptions(
+        best_fn=best_fn, best_mode=best_mode,
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,
@@ -128,14 +132,17 @@ class Checkpointer:
            meta: Mapping[str, Any] | None = None) -> bool:
     """Starts saving `state` (and the iterator position) as `step`; returns when it was started.
 
-    `metrics` are the eval metrics of this step (used to keep the best ones), or None.
+    `metrics` are the eval metrics of this step, used to keep the best ones; they are
+    ignored (the step ranks as one without metrics) when they lack `best_metric`.
     """
     items = {STATE: ocp.args.StandardSave(_keys_to_data(state)),
              META: ocp.args.JsonSave(dict(meta or {}, step=int(step)))}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
-    if metrics is not None:
+    if metrics is not None and self.best_metric in metrics:
       metrics = {k: float(v) for k, v in metrics.items()}
+    else:  # Metrics without the ranked one would rank nothing (and break the ranking).
+      metrics = None
     saved = self._manager.save(int(step), args=ocp.args.Composite(**items),
                                metrics=metrics, force=True)
     logging.info("checkpoint: saving step %d to %s", step, self.directory)
