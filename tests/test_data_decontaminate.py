@@ -1,5 +1,6 @@
 """Decontamination: planted near-duplicates of benchmark problems are removed, clean rows kept."""
 
+import json
 import os
 import random
 import subprocess
@@ -176,3 +177,21 @@ def test_same_result_under_any_string_hash_seed(tmp_path):
                             check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
              for seed in ("1", "2", "3")}
   assert len(outputs) == 1 and "synthetic/train" in outputs.pop()
+
+
+def test_benchmark_rows_without_a_gold_answer_are_still_indexed(tmp_path):
+  # gaokao2023en/test has two rows whose answer is empty: ungradable, but their problem text is
+  # benchmark text all the same and training data must not contain it.
+  question = ("The function f satisfies f of x plus f of one minus x equals two for every real "
+              "number x; find the sum of f at the nineteen points one twentieth to nineteen "
+              "twentieths.")
+  rows = [{"question": question, "answer": ""},
+          {"question": "Find the least prime larger than forty that is one more than a square.",
+           "answer": "$101$"}]
+  (tmp_path / "gaokao2023en").mkdir()
+  (tmp_path / "gaokao2023en" / "test.jsonl").write_text(
+      "".join(json.dumps(row) + "\n" for row in rows))
+  benchmark = decontaminate.benchmark_problems(tmp_path, names=("gaokao2023en/test",))
+  assert [p.id for p in benchmark] == ["gaokao2023en/test/0", "gaokao2023en/test/1"]
+  removal = decontaminate.Decontaminator(benchmark).match(question)
+  assert removal is not None and removal.benchmark_id == "gaokao2023en/test/0"

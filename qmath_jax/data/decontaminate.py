@@ -222,11 +222,15 @@ def _ngram_hashes(text: list[str], n: int) -> list[int]:
 
 def benchmark_problems(data_dir=None, names: Sequence[str] = sources.BENCHMARK_SOURCES,
                        bad_rows: records.BadRows | None = None) -> list[sources.Problem]:
-  """Every problem (with its solution) of the benchmark sources."""
+  """Every problem (with its solution) of the benchmark sources.
+
+  Rows without a gold answer are kept (gaokao2023en has two): they cannot be graded, but their
+  text is benchmark text all the same.
+  """
   bad_rows = bad_rows if bad_rows is not None else records.BadRows()
   problems = []
   for name in names:
-    problems.extend(sources.load(name, data_dir, bad_rows=bad_rows))
+    problems.extend(sources.load(name, data_dir, bad_rows=bad_rows, keep_empty_answers=True))
   return problems
 
 
