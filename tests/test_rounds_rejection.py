@@ -11,6 +11,7 @@ from qmath_jax.data import records
 from qmath_jax.data import sources
 from qmath_jax.data import synthetic
 from qmath_jax.data import tokenizer as tokenizer_lib
+from qmath_jax.evaluation import benchmarks
 from qmath_jax.evaluation import metrics
 from qmath_jax.rounds import graded as graded_lib
 from qmath_jax.rounds import rejection
@@ -186,3 +187,19 @@ def test_sft_pipeline_reads_the_round(tmp_path):
   cfg = pipelines.PipelineConfig(batch_size=2, seq_len=128, shuffle=False)
   batch = next(iter(pipelines.sft_pipeline(conversations, tok, cfg)))
   assert batch["tokens"].shape == (2, 128) and batch["loss_mask"].sum() > 0
+
+
+def test_grading_follows_the_evaluation_choice_rule():
+  # cn_middle_school, gaokao2024_* mix open and multiple-choice problems; a letter gold makes
+  # the problem multiple choice for the evaluation (`benchmarks.grade`), options or not, and the
+  # rounds must grade its samples the same way.
+  responses = ["Thus \\boxed{B: 12}", "The correct choice is B.", "So \\boxed{C}", "\\boxed{12}"]
+  for dataset, answer in (("cn_middle_school/test", "B"), ("gaokao2024_I/test", "B"),
+                          ("cn_middle_school/test", "12"), ("aqua/test", "B")):
+    problem = sources.Problem(id="p/0", dataset=dataset, question="Pick one.", answer=answer)
+    g = graded_lib.grade(problem, "cot", responses, [types.FINISH_STOP] * len(responses))
+    kind = dataset.split("/")[0]
+    bench_problem = benchmarks.to_eval_problem(problem, kind, 0, kind)
+    preds, correct = benchmarks.grade(bench_problem, responses, kind)
+    assert (g.preds, g.correct) == (preds, correct), dataset
+  assert g.correct == [True, True, False, False]   # aqua: letters

@@ -25,6 +25,7 @@ import numpy as np
 
 from qmath_jax import parallel
 from qmath_jax.data import chat
+from qmath_jax.data import gold
 from qmath_jax.data import pipelines
 from qmath_jax.data import records
 from qmath_jax.data import sources
@@ -104,8 +105,12 @@ class Graded:
 
 
 def _choice(problem: sources.Problem) -> bool | None:
-  """Multiple choice when the problem lists options, else the dataset's default."""
-  return True if problem.choices else None
+  """Multiple choice when the problem lists options or its gold is a choice the way evaluation
+  decides it (``gold.answer_is_choice``: letter golds of the mixed sets such as
+  cn_middle_school), else the dataset's default."""
+  if problem.choices or gold.answer_is_choice(problem.answer.strip(), problem.dataset):
+    return True
+  return None
 
 
 def grade(problem: sources.Problem, prompt_type: str, responses: Sequence[str],
