@@ -135,6 +135,7 @@ def get_config(arg=None):
   c.rl.scorer.rm_checkpoint = ""
   c.rl.scorer.max_length = 320
   c.rl.sample.temperature = 0.7
+  c.rl.data.sources = ("synthetic",)
   c.rl.data.num_examples = 32 if quick else 400
   c.rl.rl.episodes = 2 if quick else 40
   c.rl.rl.group_size = 8

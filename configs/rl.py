@@ -50,7 +50,9 @@ def get_config(arg=None):
   c.mesh = base.mesh
 
   c.data = ml_collections.ConfigDict()
-  c.data.sources = ("synthetic",)
+  # Required: the queries.jsonl of a `sample.py:task=rl` run (SPEC §3.3), or other problem
+  # sources as in configs/sample.py ("synthetic" for the demo's toy problems).
+  c.data.sources = ()
   c.data.data_dir = ""
   c.data.num_examples = 0
   c.data.limit = 0

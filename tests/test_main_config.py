@@ -25,11 +25,14 @@ def _run_expecting(config, tmp_path, *messages):
   return str(e.value)
 
 
-def test_every_shipped_config_validates():
+def test_every_shipped_config_validates(tmp_path):
+  queries = tmp_path / "queries.jsonl"  # a `sample.py:task=rl` output, the rl stage's input
+  queries.write_text("")
   for name, arg in (("demo", None), ("demo", "quick=1"), ("pretrain", None),
                     ("sft", "model=qwen2.5-math-72b"), ("sft_r1", None), ("sft_r2", None),
-                    ("rm", None), ("rl", "model=qwen2.5-math-72b"), ("sample", "task=rm"),
-                    ("eval", "mode=maj8,prompt=tir")):
+                    ("rm", None), ("rl", "model=qwen2.5-math-72b"), ("rl", None),
+                    ("sample", "task=rm"), ("sample", "task=rl"),
+                    ("eval", "mode=maj8,prompt=tir"), ("eval", None)):
     config = load_config(f"{name}.py", arg)
     if config.stage != "pipeline":  # Real rounds need real inputs; give stand-in paths.
       config.tokenizer.path = __file__
@@ -37,6 +40,8 @@ def test_every_shipped_config_validates():
         config.data.source = __file__
       else:  # sampling stages: params from a directory
         config.init.params_dir = os.path.dirname(__file__)
+      if config.stage == "rl":
+        config.data.sources = (str(queries),)
     config_validation.validate(config, main.STAGES, jax.device_count(), main.STAGE_CHECKS)
 
 
