@@ -194,3 +194,28 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     records.write_atomic(path, "half\ud800")   # a lone surrogate cannot be UTF-8
   assert path.read_text(encoding="utf-8") == '{"q": "数"}\n{"q": 2}\n'
   assert sorted(p.name for p in path.parent.iterdir()) == ["rows.jsonl"]
+
+
+def test_problem_jsonl_bad_rows_name_file_line_and_field(tmp_path):
+  good = {"id": "x/0", "dataset": "x", "question": "q", "answer": "1"}
+  rows = [good,
+          {**good, "id": "x/1", "answer": None},        # no gold answer: "", not "None"
+          {**good, "id": "x/2", "choices": 5},
+          {**good, "id": "x/3", "question": 7},
+          {**good, "id": "x/4", "meta": [1, 2]},
+          {**good, "id": "x/5", "solution": ["s"]},
+          {**good, "id": "x/6", "answer": {"value": 1}},
+          {**good, "id": "x/7", "choices": ["A. 1", 2]},
+          {**good, "id": "x/8", "answer": 12}]
+  path = tmp_path / "p.jsonl"
+  _write(path, [json.dumps(row) for row in rows])
+  bad_rows = records.BadRows()
+  problems = sources.load_jsonl_problems(path, bad_rows=bad_rows)
+  assert [(p.id, p.answer) for p in problems] == [("x/0", "1"), ("x/1", ""), ("x/8", "12")]
+  assert bad_rows.counts == {"malformed field": 6}
+  examples = bad_rows.examples["malformed field"]
+  for line, field in zip((3, 4, 5, 6, 7), ("choices", "question", "meta", "solution", "answer")):
+    assert examples[line - 3].startswith(f"{path}:{line}: malformed field") and field in (
+        examples[line - 3]), examples[line - 3]
+  with pytest.raises(records.BadRowError, match=rf"p\.jsonl:3: malformed field.*'choices'"):
+    sources.load_jsonl_problems(path, strict=True)

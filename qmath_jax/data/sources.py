@@ -45,9 +45,26 @@ class Problem:
 
   @classmethod
   def from_dict(cls, row: dict) -> "Problem":
-    return cls(id=str(row["id"]), dataset=row["dataset"], question=row["question"],
-               answer=str(row["answer"]), solution=row.get("solution") or "",
-               choices=tuple(row.get("choices") or ()), meta=dict(row.get("meta") or {}))
+    """The inverse of ``to_dict``; a null answer means none ("").
+
+    Raises KeyError naming a missing field, TypeError naming a field of the wrong type.
+    """
+    answer = "" if row["answer"] is None else row["answer"]
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+      raise TypeError(f"field 'answer' is a {type(answer).__name__}, not text or a number")
+    text = {"dataset": row["dataset"], "question": row["question"],
+            "solution": row.get("solution") or ""}
+    for name, value in text.items():
+      if not isinstance(value, str):
+        raise TypeError(f"field {name!r} is a {type(value).__name__}, not text")
+    choices = row.get("choices") or []
+    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+      raise TypeError("field 'choices' is not a list of text")
+    meta = row.get("meta") or {}
+    if not isinstance(meta, dict):
+      raise TypeError(f"field 'meta' is a {type(meta).__name__}, not an object")
+    return cls(id=str(row["id"]), answer=str(answer), choices=tuple(choices), meta=dict(meta),
+               **text)
 
 
 def _letters(options) -> tuple[str, ...]:
@@ -284,6 +301,9 @@ def load_jsonl_problems(path, *, strict: bool = False,
       problem = Problem.from_dict(row)
     except KeyError as e:
       bad_rows.add("missing field", f"{path}:{line_no}", f"field {e.args[0]!r}")
+      continue
+    except TypeError as e:
+      bad_rows.add("malformed field", f"{path}:{line_no}", str(e))
       continue
     problems.append(problem)
   return problems
