@@ -30,20 +30,38 @@ def parse_arg(arg: str | None, defaults: dict) -> dict:
   return values
 
 
+def model_fields(preset: str | None = None) -> ml_collections.ConfigDict:
+  """A preset name (qmath_jax.model.presets) plus ModelConfig field overrides.
+
+  The sampling stages (rl, sample, eval) need `init.*` and take the model's shapes from it,
+  so they have no preset.
+  """
+  m = ml_collections.ConfigDict()
+  if preset is not None:
+    m.preset = preset
+  m.vocab_size = 0            # used without init.* only; 0: the preset's
+  m.dtype = "bfloat16"        # compute dtype
+  m.param_dtype = "float32"   # master weights
+  m.attention = "xla"         # xla | pallas | cudnn
+  m.remat_policy = "full"
+  return m
+
+
+def init_fields() -> ml_collections.ConfigDict:
+  """Where the params start (at most one; none = random init, for the training stages)."""
+  i = ml_collections.ConfigDict()
+  i.checkpoint = ""   # another run's workdir (its latest checkpoints/ step)
+  i.params_dir = ""   # a params-only checkpoint from `python -m qmath_jax.convert`
+  i.hf_dir = ""       # a Hugging Face Qwen2 checkpoint directory
+  return i
+
+
 def base_config(stage: str, model: str) -> ml_collections.ConfigDict:
   """The fields every training stage reads, with neutral defaults."""
   c = ml_collections.ConfigDict()
   c.stage = stage
   c.seed = 0
-
-  # Model: a preset name (qmath_jax.model.presets) plus ModelConfig field overrides.
-  c.model = ml_collections.ConfigDict()
-  c.model.preset = model
-  c.model.vocab_size = 0            # 0: the preset's (or init checkpoint's)
-  c.model.dtype = "bfloat16"        # compute dtype
-  c.model.param_dtype = "float32"   # master weights
-  c.model.attention = "xla"         # xla | pallas | cudnn
-  c.model.remat_policy = "full"
+  c.model = model_fields(model)
 
   # Mesh over ('data', 'fsdp', 'tensor'); -1 = the rest of the devices.
   c.mesh = ml_collections.ConfigDict()
@@ -66,8 +84,8 @@ def base_config(stage: str, model: str) -> ml_collections.ConfigDict:
   c.data.batch_size = 128     # global rows per step (packed)
   c.data.num_epochs = 1       # passes over the data; the run also ends at train.total_steps
   c.data.num_packing_bins = 0  # 0: the per-host batch size
-  # sft: no loss on the "```output" blocks the interpreter spliced into TIR replies.
-  c.data.mask_tool_outputs = True
+  if stage == "sft":  # no loss on the "```output" blocks the interpreter spliced into TIR replies
+    c.data.mask_tool_outputs = True
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-5
@@ -95,10 +113,6 @@ def base_config(stage: str, model: str) -> ml_collections.ConfigDict:
   c.checkpoint.best_mode = "min"
   c.checkpoint.async_save = True
 
-  # Where the params start (at most one; none = random init). A run that has its own
-  # checkpoint resumes from it instead.
-  c.init = ml_collections.ConfigDict()
-  c.init.checkpoint = ""   # another run's workdir (its latest checkpoints/ step)
-  c.init.params_dir = ""   # a params-only checkpoint from `python -m qmath_jax.convert`
-  c.init.hf_dir = ""       # a Hugging Face Qwen2 checkpoint directory
+  # A run that has its own checkpoint resumes from it instead.
+  c.init = init_fields()
   return c

@@ -129,7 +129,8 @@ def get_config(arg=None):
   # advantages (so all-right or all-wrong groups keep only their small RM spread) 34 -> 36,
   # 40 -> 40.
   c.rl = rl_config.get_config("model=qwen2.5-math-1.5b")
-  c.rl.model = _stage("rl", quick).model
+  c.rl.model.dtype = "float32"
+  c.rl.model.remat_policy = "none"
   c.rl.mesh.shape = (-1, 1, 1)
   c.rl.init.checkpoint = "sft"
   c.rl.scorer.rm_checkpoint = ""

@@ -27,16 +27,14 @@ REPORT_DATASETS = ("gsm8k", "math", "minerva_math", "gaokao2023en", "olympiadben
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, {"mode": "greedy", "prompt": "cot", "model": "qwen2.5-math-7b"})
+  args = common.parse_arg(arg, {"mode": "greedy", "prompt": "cot"})
   if args["mode"] not in ("greedy", "maj8"):
     raise ValueError(f"eval config: mode={args['mode']!r}; expected greedy or maj8")
-  base = common.base_config("eval", args["model"])
   c = ml_collections.ConfigDict()
   c.stage = "eval"
-  c.seed = 0
-  c.model = base.model
+  c.model = common.model_fields()  # the shapes come from init.*
   c.model.remat_policy = "none"
-  c.init = base.init
+  c.init = common.init_fields()
   c.mesh = ml_collections.ConfigDict()
   # Rows split over 'data'; e.g. (-1, 1, 4) splits each weight and the KV cache 4 ways
   # (tensor parallel) when a model does not fit one device.
@@ -53,7 +51,7 @@ def get_config(arg=None):
   c.eval.batch_size = 64
   c.eval.limit = ml_collections.FieldReference(None, field_type=int)
   c.eval.pass_k = (1, 8)
-  c.eval.seed = 0
+  c.eval.seed = 0     # the sampling seed
   c.eval.data_dir = ""
   c.scorer = ml_collections.ConfigDict()
   # An rm run's workdir or a Hugging Face reward-model directory (e.g. Qwen2.5-Math-RM-72B):

@@ -43,7 +43,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.stage = "rl"
   c.seed = 0
-  c.model = base.model
+  c.model = common.model_fields()  # the shapes come from init.* (the SFT run)
   c.init = base.init
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""
@@ -85,6 +85,7 @@ def get_config(arg=None):
   c.optim.warmup_steps = 0
   c.optim.decay = "constant"
   c.optim.weight_decay = 0.0
+  del c.optim.z_loss  # the GRPO loss has no z-loss term
 
   c.scorer = ml_collections.ConfigDict()
   c.scorer.rm_checkpoint = ""  # an rm run's workdir or a Hugging Face reward-model directory

@@ -29,15 +29,14 @@ import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-positi
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, {"task": "sft", "prompt": "cot", "model": "qwen2.5-math-7b"})
-  base = common.base_config("sample", args["model"])
+  args = common.parse_arg(arg, {"task": "sft", "prompt": "cot"})
   c = ml_collections.ConfigDict()
   c.stage = "sample"
   c.task = args["task"]
   c.seed = 0
-  c.model = base.model
+  c.model = common.model_fields()  # the shapes come from init.*
   c.model.remat_policy = "none"
-  c.init = base.init
+  c.init = common.init_fields()
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""
   c.mesh = ml_collections.ConfigDict()

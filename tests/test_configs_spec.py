@@ -56,3 +56,23 @@ def test_eval_numbers_follow_spec():
     assert tuple(c.eval.datasets) == REPORT_BENCHMARKS
   assert maj.eval.prompt_type == "tir"
 
+
+def test_no_field_that_nothing_reads():
+  # Only the sft stage reads data.mask_tool_outputs (main._pipeline).
+  assert load_config("sft.py").data.mask_tool_outputs is True
+  assert "mask_tool_outputs" not in load_config("pretrain.py").data
+  assert "mask_tool_outputs" not in load_config("rm.py").data
+  demo = load_config("demo.py")
+  assert "mask_tool_outputs" in demo.sft.data
+  assert "mask_tool_outputs" not in demo.pretrain.data and "mask_tool_outputs" not in demo.rm.data
+  # The sampling stages need init.* (main._check_sampling_inputs) and take the model's shapes
+  # from it, so a preset (and the eval and sample configs' `model=` argument) chose nothing.
+  for c in (load_config("eval.py"), load_config("sample.py"), load_config("rl.py"), demo.rl):
+    assert "preset" not in c.model
+  for name in ("eval.py", "sample.py"):
+    with pytest.raises(ValueError, match="model=qwen2.5-math-72b"):
+      load_config(name, "model=qwen2.5-math-72b")
+  # eval samples with eval.seed; a top-level seed would be ignored.
+  assert "seed" not in load_config("eval.py") and load_config("eval.py").eval.seed == 0
+  # The GRPO loss has no z-loss term.
+  assert "z_loss" not in load_config("rl.py").optim
