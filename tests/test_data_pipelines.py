@@ -268,3 +268,18 @@ def test_iterator_state_goes_into_an_orbax_checkpoint(tok, conversations, tmp_pa
   resumed = iter(pipelines.sft_pipeline(conversations, tok, cfg))
   manager.restore(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
   assert _equal_batches([next(resumed) for _ in range(3)], expected)
+
+
+@pytest.mark.parametrize("field,value", [("responses", 5), ("responses", "abcdef"),
+                                         ("responses", [1, 2, 3, 4, 5, 6]), ("labels", 5),
+                                         ("labels", "101000")])
+def test_rm_rows_with_a_field_of_the_wrong_type_name_file_and_line(tmp_path, field, value):
+  row = {"messages": [{"role": "user", "content": "q"}], "responses": ["a"] * 6,
+         "labels": [1, 0, 0, 0, 0, 0]}
+  path = tmp_path / "rm.jsonl"
+  path.write_text(json.dumps(row) + "\n" + json.dumps({**row, field: value}) + "\n")
+  bad_rows = records.BadRows()
+  assert len(pipelines.load_rm_lists(path, bad_rows)) == 1
+  assert bad_rows.counts == {"malformed field": 1}
+  assert bad_rows.examples["malformed field"][0].startswith(f"{path}:2: malformed field")
+  assert field in bad_rows.examples["malformed field"][0]

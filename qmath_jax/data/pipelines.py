@@ -389,6 +389,13 @@ def load_rm_lists(path, bad_rows: records.BadRows, list_size: int = 6) -> list[d
     if problem:
       bad_rows.add("malformed messages", where, problem)
       continue
+    if (not isinstance(row["responses"], list)
+        or not all(isinstance(r, str) for r in row["responses"])):
+      bad_rows.add("malformed field", where, "field 'responses' is not a list of text")
+      continue
+    if not isinstance(row["labels"], list):
+      bad_rows.add("malformed field", where, "field 'labels' is not a list")
+      continue
     if len(row["responses"]) != list_size or len(row["labels"]) != list_size:
       bad_rows.add("wrong list size", where, f"expected {list_size} responses and labels")
       continue
