@@ -11,8 +11,8 @@ verifier r_v (verifier alone without `scorer.rm_checkpoint`). G = 32; 4096 sampl
 (7B) or 2048 (72B) in optimizer steps of 512 rows; lr 1e-5 (7B) or 5e-6 (72B); beta 1e-3.
 Variants: `--config.rl.scale_advantages_by_std=false` (Dr. GRPO advantage) and
 `--config.rl.normalisation=token` (token-mean loss); in the demo pipeline `--config.rl.rl.*`.
-Not reported: clip 0.2, sampling temperature 1.0, the number of episodes (100 here), warmup and
-decay (none, constant lr) and weight decay (0).
+Not reported: clip 0.2, sampling temperature 1.0 and top_p 1.0, the number of episodes (100
+here), warmup and decay (none, constant lr), weight decay (0) and the 1.5B numbers (the 7B ones).
 """
 
 import importlib.util
@@ -25,7 +25,8 @@ _spec.loader.exec_module(common)
 
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# SPEC §3.3: (samples per episode, peak lr) per model size.
+# SPEC §3.3: (samples per episode, peak lr) per model size; it gives none for 1.5B, which
+# takes the 7B numbers here.
 RL_SAMPLES_AND_LR = {
     "qwen2.5-math-1.5b": (4096, 1e-5),
     "qwen2.5-math-7b": (4096, 1e-5),

@@ -9,7 +9,9 @@ r"""Reward model round (SPEC §3.2): the SFT model under a score head, listwise 
 all 6 right or all 6 wrong dropped), or "synthetic" for planted-error lists on synthetic
 problems. The backbone starts from `init` (an SFT run, params or HF checkpoint); the score head
 (Linear(H, H) -> ReLU -> Linear(H, 1)) starts fresh. Batch, learning rate, epochs and schedule
-are not reported: 64 lists x 6 responses, 5e-6 decaying to 0 over 1 epoch, 3% warmup.
+are not reported: 64 lists x 6 responses, 5e-6 decaying to 0 over 1 epoch, 3% warmup. The
+schedule runs over `train.total_steps` (1000, warmup 30): set it (and `optim.warmup_steps`) to
+one epoch of your lists; the run also stops when the epoch ends.
 """
 
 import importlib.util
