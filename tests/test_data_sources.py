@@ -219,3 +219,14 @@ def test_problem_jsonl_bad_rows_name_file_line_and_field(tmp_path):
         examples[line - 3]), examples[line - 3]
   with pytest.raises(records.BadRowError, match=rf"p\.jsonl:3: malformed field.*'choices'"):
     sources.load_jsonl_problems(path, strict=True)
+
+
+def test_invalid_utf8_is_a_bad_row_at_its_line(tmp_path):
+  path = tmp_path / "rows.jsonl"
+  path.write_bytes(b'{"q": "a"}\n{"q": "\xff\xfe"}\n{"q": "\xc3\xa9"}\n')
+  bad_rows = records.BadRows()
+  assert list(records.read_jsonl(path, bad_rows)) == [(1, {"q": "a"}), (3, {"q": "é"})]
+  assert bad_rows.counts == {"invalid UTF-8": 1}
+  assert bad_rows.examples["invalid UTF-8"][0].startswith(f"{path}:2: invalid UTF-8")
+  with pytest.raises(records.BadRowError, match=r"rows\.jsonl:2: invalid UTF-8"):
+    list(records.read_jsonl(path, records.BadRows(strict=True)))

@@ -56,12 +56,21 @@ class BadRows:
 
 
 def read_jsonl(path: str | os.PathLike, bad_rows: BadRows) -> Iterator[tuple[int, dict]]:
-  """Yields (1-based line number, object) for each non-blank line that parses as a JSON object."""
-  with open(path, encoding="utf-8") as f:
+  """Yields (1-based line number, object) for each non-blank line that parses as a JSON object.
+
+  Bytes that are not UTF-8 make their line a bad row ("invalid UTF-8") instead of stopping the
+  read with no line to point at.
+  """
+  with open(path, encoding="utf-8", errors="surrogateescape") as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
         continue
       where = f"{path}:{line_no}"
+      try:
+        line.encode("utf-8")   # undecodable bytes came through as lone surrogates
+      except UnicodeEncodeError as e:
+        bad_rows.add("invalid UTF-8", where, f"at character {e.start} of the line")
+        continue
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
