@@ -27,7 +27,7 @@ def get_config(arg=None):
                      f"{sorted(common.SFT_BATCH_AND_LR)}")
   batch, lr = common.SFT_BATCH_AND_LR[args["model"]]
   c = common.base_config("sft", args["model"])
-  c.round = args["round"]
+  c.round = args["round"]  # a label kept in the checkpoint meta; rounds differ by data only
   c.data.batch_size = batch
   c.data.num_epochs = common.SFT_EPOCHS
   c.data.seq_len = common.SEQ_LEN

@@ -1,4 +1,8 @@
-"""SFT round 2: `configs/sft.py` with round=2 (pass model=... as for sft.py)."""
+"""SFT round 2: `configs/sft.py` with round=2 (pass model=... as for sft.py).
+
+Its `data.source` is round 1's evolved SFT data: the `sft.jsonl` of a `configs/sample.py:task=sft`
+run with the round-1 SFT and RM runs (`init.checkpoint`, `scorer.rm_checkpoint`).
+"""
 
 import importlib.util
 import os
