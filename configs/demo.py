@@ -13,9 +13,9 @@ SFT model with the verifier reward; it ends with the SFT and the RL model's gree
 held-out problems (`accuracy.json`). The RL block's choices (`c.rl` below: verifier reward
 without RM shaping, sampling temperature 0.7, lr 5e-5) are the ones under which GRPO raised that
 accuracy for both seeds measured; the SPEC settings here lowered it. The problems are easy ones
-(`c.synthetic`: 1-2 steps, numbers up to 20), which a model this small learns in minutes. Each stage writes to `<workdir>/<stage>/` and resumes
-where it stopped when run again. Variants: `--config=configs/demo.py:quick=1` shrinks
-everything for a smoke test.
+(`c.synthetic`: 1-2 steps, numbers up to 20), which a model this small learns in minutes. Each
+stage writes to `<workdir>/<stage>/` and resumes where it stopped when run again. Variants:
+`--config=configs/demo.py:quick=1` shrinks everything for a smoke test.
 """
 
 import importlib.util

@@ -6,8 +6,9 @@ r"""The eval stage: the report's benchmarks with CoT or TIR prompts, greedy or m
     python -m qmath_jax.main --config=configs/eval.py:mode=maj8,prompt=tir ...
 
 Modes (SPEC): `greedy` (temperature 0), `maj8` (n=8, temperature 0.7, top_p 0.8); with
-`--config.scorer.rm_checkpoint=<rm run or HF reward-model dir>` the same samples also give RM@8. Params come
-from exactly one of `init.checkpoint` (a run's workdir), `init.params_dir`, `init.hf_dir`.
+`--config.scorer.rm_checkpoint=<rm run or HF reward-model dir>` the same samples also give
+RM@8. Params (and the model's shapes) come from exactly one of `init.checkpoint` (a run's
+workdir), `init.params_dir`, `init.hf_dir`.
 Benchmark files are read from `eval.data_dir` (default: $QMATH_DATA_DIR, then ../shared/data).
 """
 
