@@ -34,4 +34,5 @@ def get_config(arg=None):
   c.optim.end_lr = 0.0
   c.train.total_steps = 1000
   c.optim.warmup_steps = 30
+  del c.optim.z_loss  # the RM loss has no z-loss term
   return c

@@ -160,7 +160,8 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
   c.number("optim.b1", minimum=0)
   c.number("optim.b2", minimum=0)
   c.number("optim.clip_norm", minimum=0)
-  c.number("optim.z_loss", minimum=0)
+  if c._lookup("stage") != "rm":  # the rm loss has no z-loss term
+    c.number("optim.z_loss", minimum=0)
 
   total = c.int("train.total_steps", minimum=1)
   warmup = c._lookup("optim.warmup_steps")  # its type is checked with the optim fields

@@ -557,10 +557,19 @@ def _check_sample_stage(config, pending=()) -> list[str]:
 
 
 def _check_problem_sources(config, pending=()) -> list[str]:
-  """Problems of `config.data.sources`: each a known source name, a jsonl file or 'synthetic'."""
+  """Problems of `config.data.sources`: at least one; each a known source name, a jsonl file
+  or 'synthetic' (with `data.num_examples` >= 1)."""
+  if not config.data.sources:
+    return ["config.data.sources: empty; give a jsonl path (e.g. a sample run's "
+            f"queries.jsonl), 'synthetic' or some of {sorted(sources.SOURCES)}"]
   problems = []
   for name in config.data.sources:
-    if name == config_validation.SYNTHETIC or name in pending:
+    if name == config_validation.SYNTHETIC:
+      if not isinstance(config.data.num_examples, int) or config.data.num_examples < 1:
+        problems.append("config.data.num_examples: 'synthetic' is a source, so expected an "
+                        f"integer >= 1, got {config.data.num_examples!r}")
+      continue
+    if name in pending:
       continue
     if name.endswith(".jsonl"):
       if not os.path.isfile(name):
@@ -661,11 +670,22 @@ def _check_rl_stage(config, pending=()) -> list[str]:
     if not isinstance(rl[field], int) or rl[field] < (2 if field == "group_size" else 1):
       problems.append(f"config.rl.{field}: expected an integer >= "
                       f"{2 if field == 'group_size' else 1}, got {rl[field]!r}")
+  microbatches = config.optim.num_microbatches
+  if not isinstance(microbatches, int) or microbatches < 1:
+    problems.append(f"config.optim.num_microbatches: expected an integer >= 1, got "
+                    f"{microbatches!r}")
   if not problems:
     rows = rl.problems_per_episode * rl.group_size
     if rl.minibatch_rows and rows % rl.minibatch_rows:
       problems.append(f"config.rl.minibatch_rows: {rows} rows per episode (problems_per_episode "
                       f"x group_size) do not split into minibatches of {rl.minibatch_rows}")
+    else:
+      step_rows = rl.minibatch_rows or rows
+      shape = mesh_lib.resolve_mesh_shape(tuple(config.mesh.shape), jax.device_count())
+      if step_rows % (shape[0] * shape[1] * microbatches):
+        problems.append(f"config.optim.num_microbatches: {step_rows} rows per optimizer step do "
+                        f"not split into {microbatches} microbatch(es) over data x fsdp = "
+                        f"{shape[0] * shape[1]} device groups")
   if rl.normalisation not in losses.NORMALISATIONS:
     problems.append(f"config.rl.normalisation: expected one of {list(losses.NORMALISATIONS)}, "
                     f"got {rl.normalisation!r}")
@@ -736,10 +756,13 @@ def run_rl_stage(config, workdir: str) -> dict:
       seq_len=rl.seq_len, minibatch_rows=rl.minibatch_rows or None, clip_eps=rl.clip_eps,
       kl_beta=rl.kl_beta, normalisation=rl.normalisation)
   train_step = grpo.make_grpo_step(model_cfg, optimizer, grpo_cfg, mesh=mesh,
-                                   state_shardings=shardings, learning_rate_fn=schedule)
+                                   state_shardings=shardings, learning_rate_fn=schedule,
+                                   num_microbatches=config.optim.num_microbatches)
   scorer = _rm_scorer(config.scorer.rm_checkpoint, tokenizer, config.scorer.batch_size,
                       config.scorer.max_length, mesh) if config.scorer.rm_checkpoint else None
   problems = _problems(config)
+  if not problems:
+    raise ValueError(f"rl: no problems in config.data.sources {list(config.data.sources)}")
   sampler = sampler_lib.Sampler(model_cfg, ref_params, tokenizer, mesh=mesh)
   meta = {"stage": "rl", MODEL_META: dataclasses.asdict(model_cfg),
           "config": json.loads(config.to_json_best_effort())}

@@ -76,3 +76,4 @@ def test_no_field_that_nothing_reads():
   assert "seed" not in load_config("eval.py") and load_config("eval.py").eval.seed == 0
   # The GRPO loss has no z-loss term.
   assert "z_loss" not in load_config("rl.py").optim
+  assert "z_loss" not in load_config("rm.py").optim  # nor the RM loss

@@ -80,6 +80,34 @@ def test_rl_config_errors_name_the_field(tiny_decoder, tmp_path):
   config.sample.prompt_type = "cot"
   with pytest.raises(config_validation.ConfigError, match="config.rl.minibatch_rows"):
     main.run(config, str(tmp_path))
+  config.rl.group_size = 4
+  config.optim.num_microbatches = 3  # 8 rows per step over 8 devices: 1 microbatch at most
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"config\.optim\.num_microbatches: 8 rows per optimizer step"):
+    main.run(config, str(tmp_path))
+  config.optim.num_microbatches = 1
+  config.data.num_examples = 0  # 'synthetic' with no problems
+  with pytest.raises(config_validation.ConfigError, match=r"config\.data\.num_examples"):
+    main.run(config, str(tmp_path))
+  config.data.sources = ()  # the shipped rl.py leaves the queries file to the command line
+  with pytest.raises(config_validation.ConfigError, match=r"config\.data\.sources: empty"):
+    main.run(config, str(tmp_path))
+
+
+def test_rl_microbatches_reach_the_train_step(tiny_decoder, tmp_path, monkeypatch):
+  from qmath_jax.rl import grpo  # pylint: disable=g-import-not-at-top
+  iteration, steps = grpo.grpo_iteration, []
+
+  def recording_iteration(*args, **kwargs):
+    steps.append(args[1])  # the TrainStep
+    return iteration(*args, **kwargs)
+
+  monkeypatch.setattr(grpo, "grpo_iteration", recording_iteration)
+  config = _config(tiny_decoder, episodes=1)
+  config.mesh.shape = (1, 4, 2)  # 8 rows per step: 2 microbatches of 4 over 4 device groups
+  config.optim.num_microbatches = 2
+  assert main.run(config, str(tmp_path))["episodes_run"] == 1
+  assert steps[0].num_microbatches == 2
 
 
 def test_bad_grpo_variant_values_are_rejected_naming_the_field(tiny_decoder, tmp_path):
