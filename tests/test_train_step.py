@@ -166,6 +166,55 @@ def test_microbatch_gradients_equal_one_large_batch():
     np.testing.assert_allclose(g4, g1, rtol=1e-6, atol=1e-6 * np.abs(g1).max())
 
 
+def test_microbatch_metrics_equal_one_large_batch():
+  """GRPO's kl/ratio/clip_fraction are token means while its loss (sequence normalisation)
+  is a mean over completions: each must combine over microbatches with its own count."""
+  mesh = parallel.make_mesh((2, 2, 2))
+  model = Transformer(CFG)
+  init = lambda rng: model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
+  record = _recording_optimizer()
+  rng = np.random.default_rng(1)
+  batch = dict(sft_batches(1)[0], advantages=rng.normal(size=(BATCH,)).astype(np.float32),
+               old_logprobs=(-4 + 0.3 * rng.normal(size=(BATCH, LENGTH))).astype(np.float32),
+               ref_logprobs=(-4 + 0.3 * rng.normal(size=(BATCH, LENGTH))).astype(np.float32))
+  got = []
+  for k in (1, 4):
+    state, shardings = state_lib.create_train_state(init, record, mesh, seed=0)
+    train_step = step_lib.make_train_step(losses.get_loss("grpo", model), record, mesh=mesh,
+                                          state_shardings=shardings, num_microbatches=k)
+    _, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+    got.append({name: float(value) for name, value in metrics.items()})
+  assert got[0]["clip_fraction"] > 0  # the old log-probs are far enough off to clip
+  for name in ("loss", "weight", "kl", "ratio", "clip_fraction"):
+    np.testing.assert_allclose(got[1][name], got[0][name], rtol=1e-5, err_msg=name)
+
+
+def test_metric_weights_combine_each_aux_value_with_its_own_count():
+  """A made-up loss whose aux `share` is a mean over a count other than the loss weight."""
+  mesh = parallel.make_mesh((2, 2, 2))
+  record = _recording_optimizer()
+
+  def loss_fn(params, batch, rng):
+    del rng
+    x, n = batch["x"], batch["n"]
+    loss = (params["w"] * x).sum() / x.size
+    share = (n > 0).sum() / jnp.maximum(n.sum(), 1)
+    return loss, {"weight": x.size, "share": share, "plain": x.mean(),
+                  "metric_weights": {"share": n.sum()}}
+
+  init = lambda rng: {"w": jnp.ones(())}
+  x = np.arange(8, dtype=np.float32)
+  n = np.array([1, 0, 0, 0, 5, 0, 0, 0], np.int32)  # all in microbatch 0 (rows 0, 2, 4, 6)
+  for k in (1, 2):
+    state, shardings = state_lib.create_train_state(init, record, mesh, seed=0)
+    train_step = step_lib.make_train_step(loss_fn, record, mesh=mesh,
+                                          state_shardings=shardings, num_microbatches=k)
+    _, metrics = train_step(state, parallel.shard_batch({"x": x, "n": n}, mesh))
+    np.testing.assert_allclose(float(metrics["share"]), 2 / 6, rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["plain"]), x.mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["loss"]), x.mean(), rtol=1e-6)
+
+
 def test_non_finite_loss_keeps_the_last_good_state():
   mesh = parallel.make_mesh((2, 2, 2))
   sft = losses.get_loss("sft", Transformer(CFG))

@@ -4,7 +4,8 @@ Registered: `lm`, `sft`, `rm_listwise`, `grpo`. Every loss computes log-probabil
 scores in fp32 and returns `aux["weight"]`, the count its loss is a mean over (tokens,
 sequences or lists). The step factory uses it to combine microbatches exactly:
 `loss = sum_i loss_i * weight_i / sum_i weight_i`, so k microbatches equal one batch k times as
-large.
+large. An aux metric that is a mean over another count (pairs, tokens) gives that count in
+`aux["metric_weights"][name]`, so it combines exactly too.
 
 Batch layouts (int32 unless said otherwise; "target-aligned" means index t describes token t,
 which is predicted from position t - 1):
@@ -201,7 +202,8 @@ def listwise_ranking_loss(scores: jax.Array, labels: jax.Array,
   Returns:
     (loss, aux): loss is the mean over lists with at least one positive and one negative
     (others carry no pair and are left out); aux has `weight` (lists counted), `pair_accuracy`
-    (share of pairs ranked right) and the mean positive and negative scores.
+    (share of pairs ranked right), the mean positive and negative scores, and
+    `metric_weights` (pairs, positives and negatives: what those three are means over).
   """
   scores = scores.astype(jnp.float32)
   present = jnp.ones_like(labels, bool) if response_mask is None else response_mask != 0
@@ -220,6 +222,8 @@ def listwise_ranking_loss(scores: jax.Array, labels: jax.Array,
       "pair_accuracy": (pairs * (margin > 0)).sum() / jnp.maximum(num_pairs.sum(), 1.0),
       "score_pos": (scores * pos_f).sum() / jnp.maximum(pos_f.sum(), 1.0),
       "score_neg": (scores * neg_f).sum() / jnp.maximum(neg_f.sum(), 1.0),
+      "metric_weights": {"pair_accuracy": num_pairs.sum(), "score_pos": pos_f.sum(),
+                         "score_neg": neg_f.sum()},
   }
   return loss, aux
 
@@ -318,12 +322,15 @@ def grpo_loss(model: nn.Module, *, clip_eps: float = 0.2, kl_beta: float = 1e-3,
       kl = jnp.exp(log_ratio) - log_ratio - 1.0
     objective = objective - kl_beta * kl
     loss, weight = _reduce(-objective, mask, segment_ids, normalisation)
-    token_count = jnp.maximum(mask.sum(), 1.0)
+    num_tokens = mask.sum()
+    token_count = jnp.maximum(num_tokens, 1.0)
     aux = {
         "weight": weight,
         "kl": (kl * mask).sum() / token_count,
         "clip_fraction": (mask * (jnp.abs(ratio - 1.0) > clip_eps)).sum() / token_count,
         "ratio": (ratio * mask).sum() / token_count,
+        # Token means, whatever the loss's normalisation.
+        "metric_weights": {"kl": num_tokens, "clip_fraction": num_tokens, "ratio": num_tokens},
     }
     return loss, aux
 

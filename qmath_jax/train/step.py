@@ -9,7 +9,8 @@ dimension (row i goes to microbatch i % k, so each device splits only its own ro
 loss and its gradient on each under `lax.scan`, summing `loss * weight` and its gradient (see
 `losses`: `aux["weight"]`); divide by the summed weight, so k microbatches equal one batch k
 times as large; apply the optimizer (global-norm clipping and AdamW live in it); report
-metrics.
+metrics, each aux value combined over microbatches with its own weight (`aux["metric_weights"]`,
+default the loss's), so they too equal the one-batch values.
 
 Non-finite loss or gradient: the returned state is the input state unchanged (the update is
 discarded inside the jit, so donation is safe) and `metrics["finite"]` is False. The caller
@@ -97,7 +98,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
   Args:
     loss_fn: `(params, batch, rng) -> (loss, aux)` from `losses.get_loss`; aux values are
-      scalars, `aux["weight"]` (default 1) the count its loss averages over.
+      scalars, `aux["weight"]` (default 1) the count its loss averages over, and the optional
+      `aux["metric_weights"]` a dict of the counts other aux values average over (default
+      `aux["weight"]`).
     optimizer: optax transformation (e.g. `optimizer.make_optimizer`).
     mesh: device mesh.
     state_shardings: from `state.create_train_state`.
@@ -112,7 +115,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   Returns:
     A `TrainStep`. Metrics (scalars, on device): loss, grad_norm (before clipping),
     learning_rate, finite, weight (summed loss weight, e.g. target tokens), tokens (batch
-    size x length for token batches), and each aux value averaged with the loss's weights.
+    size x length for token batches), and each aux value averaged with its weights.
   """
   if num_microbatches < 1:
     raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
@@ -123,13 +126,15 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     loss, aux = loss_fn(params, batch, rng)
     aux = dict(aux)
     weight = jax.lax.stop_gradient(jnp.asarray(aux.pop("weight", 1.0), jnp.float32))
-    return loss * weight, (weight, aux)
+    metric_weights = aux.pop("metric_weights", {})
+    weights = {k: jnp.asarray(metric_weights.get(k, weight), jnp.float32) for k in aux}
+    return loss * weight, (weight, aux, weights)
 
   grad_fn = jax.value_and_grad(weighted_loss, has_aux=True)
 
   def microbatch_sums(params, batch, rng):
-    (loss_sum, (weight, aux)), grads = grad_fn(params, batch, rng)
-    aux_sums = {k: v * weight for k, v in aux.items()}
+    (loss_sum, (weight, aux, weights)), grads = grad_fn(params, batch, rng)
+    aux_sums = {k: (v * weights[k], weights[k]) for k, v in aux.items()}
     return loss_sum, weight, aux_sums, grads
 
   def step_fn(state: TrainState, batch):
@@ -163,7 +168,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                            rng=state.rng)
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
       metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "weight": weight}
-      metrics.update({k: v / denom for k, v in aux_sums.items()})
+      metrics.update({k: s / jnp.maximum(w, 1e-12) for k, (s, w) in aux_sums.items()})
       if learning_rate_fn is not None:
         metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
       if "tokens" in batch:
