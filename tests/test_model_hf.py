@@ -164,3 +164,24 @@ def test_live_golden_regeneration_matches(tmp_path):
     with torch.no_grad():
       live = model(input_ids=torch.from_numpy(golden["tokens"]).long()).logits.numpy()
     assert _rel_err(live, golden["logits"]) <= 1e-6
+
+
+def test_save_checks_params_against_the_config(tmp_path):
+  """Params that do not fit `cfg` are refused before anything is written, naming the leaf: a
+  layer too few would otherwise be filled by a clamped index (a duplicated layer), a tied
+  config would silently drop a trained lm_head."""
+  cfg = get_config("tiny")
+  params = init_params(cfg, jax.random.key(0))
+  with pytest.raises(ValueError, match=r"\['layers'\]\['input_norm'\]\['scale'\] "
+                     r"\(model\.layers\.\{i\}\.input_layernorm\.weight\): shape \(2, 64\), "
+                     r"expected \(3, 64\)"):
+    hf.save_hf(cfg.replace(num_layers=3), params, tmp_path / "a")
+  with pytest.raises(ValueError, match=r"\['k_proj'\]\['kernel'\] .*: shape \(2, 64, 2, 16\), "
+                     r"expected \(2, 64, 4, 16\)"):
+    hf.save_hf(cfg.replace(num_kv_heads=4), params, tmp_path / "b")
+  with pytest.raises(ValueError, match=r"\['lm_head'\]: not a parameter of the config"):
+    hf.save_hf(cfg.replace(tie_embeddings=True), params, tmp_path / "c")
+  del params["lm_head"]
+  with pytest.raises(KeyError, match=r"\['lm_head'\] \(lm_head\.weight\): missing"):
+    hf.save_hf(cfg, params, tmp_path / "d")
+  assert not list(tmp_path.iterdir())

@@ -111,6 +111,39 @@ def load_hf_rm(hf_dir, dtype: str | None = "float32", shardings=None,
   return _load(hf_dir, dtype, shardings, config, reward_model=True)
 
 
+def _ours_shape(cfg: ModelConfig, entry: mapping.Entry) -> tuple[int, ...]:
+  """Our leaf's shape, with the leading layers axis when stacked."""
+  # Shape only: no host buffer (a 72B embedding would otherwise allocate gigabytes here).
+  per_layer = jax.eval_shape(entry.to_ours, jax.ShapeDtypeStruct(entry.hf_shape, np.int8)).shape
+  return ((cfg.num_layers,) if entry.stacked else ()) + tuple(per_layer)
+
+
+def _leaf_name(path) -> str:
+  return "params" + "".join(f"[{key!r}]" for key in path)
+
+
+def _check_params(cfg: ModelConfig, params, table: list[mapping.Entry]) -> None:
+  """Raises naming the leaf when `params` do not have `cfg`'s tree and shapes (a stacked leaf
+  with too few layers would otherwise be read past its end, which JAX clamps)."""
+  known = {entry.path for entry in table}
+  for keypath, _ in jax.tree_util.tree_leaves_with_path(params):
+    path = tuple(getattr(key, "key", key) for key in keypath)
+    if path not in known:
+      raise ValueError(f"{_leaf_name(path)}: not a parameter of the config's model "
+                       f"(tie_embeddings={cfg.tie_embeddings}); params and config disagree")
+  for entry in table:
+    try:
+      leaf = mapping.get_path(params, entry.path)
+    except KeyError:
+      if not entry.stored:
+        continue
+      raise KeyError(f"{_leaf_name(entry.path)} ({entry.hf_name}): missing from the "
+                     "params") from None
+    if tuple(leaf.shape) != _ours_shape(cfg, entry):
+      raise ValueError(f"{_leaf_name(entry.path)} ({entry.hf_name}): shape {tuple(leaf.shape)}, "
+                       f"expected {_ours_shape(cfg, entry)} from the config")
+
+
 def _load(hf_dir: pathlib.Path, dtype: str, shardings, config: ModelConfig | None,
           reward_model: bool):
   cfg = config or read_config(hf_dir, dtype)
@@ -125,10 +158,7 @@ def _load(hf_dir: pathlib.Path, dtype: str, shardings, config: ModelConfig | Non
              else [entry.hf_name])
     for name in names if entry.stored else []:  # fail on a missing or misshapen tensor
       checkpoint.get(name, entry.hf_shape)      # before any device work
-    # Shape only: no host buffer (a 72B embedding would otherwise allocate gigabytes here).
-    ours_shape = jax.eval_shape(entry.to_ours,
-                                jax.ShapeDtypeStruct(entry.hf_shape, np.int8)).shape
-    shape = ((cfg.num_layers,) if entry.stacked else ()) + ours_shape
+    shape = _ours_shape(cfg, entry)
     if not entry.stored:
       zeros = jax.jit(lambda s=shape, d=out_dtype: jax.numpy.zeros(s, d), out_shardings=sharding)
       mapping.set_path(params, entry.path, zeros())
@@ -170,8 +200,10 @@ def _save(cfg: ModelConfig, params, hf_dir, dtype: str | None, max_shard_bytes: 
           reward_model: bool) -> pathlib.Path:
   hf_dir = pathlib.Path(hf_dir)
   out_dtype = np.dtype(jax.numpy.dtype(dtype or cfg.param_dtype))
+  table = mapping.entries(cfg, reward_model)
+  _check_params(cfg, params, table)
   tensors = []
-  for entry in mapping.entries(cfg, reward_model):
+  for entry in table:
     if not entry.stored:
       continue
     leaf = mapping.get_path(params, entry.path)
