@@ -177,6 +177,7 @@ def test_config_with_an_hf_rm_dir_passes_validation(name, arg, tmp_path):
   config.init.checkpoint, config.init.hf_dir = "", str(LM)
   if config.get("data") is not None and "sources" in config.data:
     config.data.sources = ("synthetic",)
+    config.data.num_examples = 8  # 'synthetic' with none is refused
   config.scorer.rm_checkpoint = str(RM)
   config_validation.validate(config, main.STAGES, jax.device_count(), main.STAGE_CHECKS)
   config.scorer.rm_checkpoint = str(LM)  # a causal LM is no reward model
