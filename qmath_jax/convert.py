@@ -109,11 +109,25 @@ def load_rm_params(params_dir, shardings=None, dtype: str | None = None):
 
 
 def _restore(params_dir: pathlib.Path, abstract, shardings):
+  """The params saved in `params_dir`, read as `abstract` (the model of its model_config.json)
+  says, after checking that tree and shapes agree (naming the first leaf that does not)."""
   default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
       shardings if shardings is not None else jax.tree.map(lambda _: default, abstract))
   with ocp.StandardCheckpointer() as checkpointer:
+    stored = dict(jax.tree_util.tree_leaves_with_path(
+        checkpointer.metadata(params_dir / PARAMS_DIR).item_metadata.tree))
+    wanted = dict(jax.tree_util.tree_leaves_with_path(abstract))
+    for key in sorted(stored.keys() ^ wanted.keys(), key=jax.tree_util.keystr):
+      where = "missing from the checkpoint but in" if key in wanted else (
+          "in the checkpoint but not in")
+      raise ValueError(f"{params_dir}: params{jax.tree_util.keystr(key)} is {where} the model "
+                       f"that {CONFIG_FILE} describes")
+    for key, a in wanted.items():
+      if tuple(stored[key].shape) != a.shape:
+        raise ValueError(f"{params_dir}: params{jax.tree_util.keystr(key)} has shape "
+                         f"{tuple(stored[key].shape)}, expected {a.shape} from {CONFIG_FILE}")
     return checkpointer.restore(params_dir / PARAMS_DIR, abstract)
 
 

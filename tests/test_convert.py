@@ -163,3 +163,24 @@ def test_reward_model_flag_decides_without_architectures(tmp_path):
   _, golden = hf.load_hf_rm(RM_GOLDEN)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(golden)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_params_that_disagree_with_model_config_are_named(tmp_path):
+  cfg, params = hf.load_hf(GOLDEN)
+  convert.save_params(tmp_path / "ckpt", cfg, params)
+  path = tmp_path / "ckpt" / convert.CONFIG_FILE
+  raw = json.loads(path.read_text())
+  path.write_text(json.dumps({**raw, "intermediate_size": 96}))
+  with pytest.raises(ValueError, match=r"ckpt: params\['layers'\]\['mlp'\]\['down_proj'\]"
+                     r"\['kernel'\] has shape \(2, 80, 64\), expected \(2, 96, 64\)"):
+    convert.load_params(tmp_path / "ckpt")
+  path.write_text(json.dumps({**raw, "tie_embeddings": True}))
+  with pytest.raises(ValueError, match=r"ckpt: params\['lm_head'\] is in the checkpoint but not "
+                     r"in the model that model_config\.json describes"):
+    convert.load_params(tmp_path / "ckpt")
+  cfg, params = hf.load_hf(GOLDEN.parent / "gqa_tied_sharded")
+  convert.save_params(tmp_path / "tied", cfg, params)
+  path = tmp_path / "tied" / convert.CONFIG_FILE
+  path.write_text(json.dumps({**json.loads(path.read_text()), "tie_embeddings": False}))
+  with pytest.raises(ValueError, match=r"tied: params\['lm_head'\] is missing from the checkpoint"):
+    convert.load_params(tmp_path / "tied")
