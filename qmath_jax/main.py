@@ -836,11 +836,10 @@ def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, see
   """Greedy CoT accuracy of a run's latest params on held-out synthetic problems.
 
   The problems come from the generator's "test" split (disjoint from training); each answer
-  is the extracted final answer, graded with `evaluation.grader.math_equal`. Returns
+  is graded as evaluation grades (`evaluation.benchmarks.grade_texts`). Returns
   `{"accuracy", "correct", "total", "step", "examples": [...]}`.
   """
-  from qmath_jax.evaluation import extract  # pylint: disable=g-import-not-at-top
-  from qmath_jax.evaluation import grader  # pylint: disable=g-import-not-at-top
+  from qmath_jax.evaluation import benchmarks  # pylint: disable=g-import-not-at-top
   from qmath_jax.sampling import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
   model_cfg, params, step = _latest_run_params(run_dir)
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
@@ -851,9 +850,10 @@ def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, see
   completions = sampler.generate(prompts, temperature=0.0, max_new_tokens=max_new_tokens)
   examples = []
   for problem, (completion,) in zip(problems, completions):
-    predicted = extract.extract_answer(completion.text)
+    (predicted,), (correct,) = benchmarks.grade_texts(
+        [completion.text], problem.answer, problem.dataset, problem.is_choice)
     examples.append({"id": problem.id, "gold": problem.answer, "predicted": predicted,
-                     "correct": bool(grader.math_equal(predicted, problem.answer))})
+                     "correct": bool(correct)})
   correct = sum(e["correct"] for e in examples)
   report = {"accuracy": correct / len(examples), "correct": correct, "total": len(examples),
             "step": step, "examples": examples}

@@ -8,6 +8,8 @@ import pytest
 
 from qmath_jax import parallel
 from qmath_jax.data import chat
+from qmath_jax.data import sources
+from qmath_jax.evaluation import benchmarks
 from qmath_jax.model import presets
 from qmath_jax.rl import rewards
 from qmath_jax.sampling.testing import TableTokenizer, default_table
@@ -47,7 +49,23 @@ def test_shaped_reward_matches_the_formula_by_hand():
     ("", "12", 0.0),
 ])
 def test_verifier_reward(text, gold, want):
-  assert rewards.verifier_reward(text, gold) == want
+  problem = sources.Problem(id="p", dataset="math", question="q", answer=gold)
+  assert rewards.verifier_reward(text, problem) == want
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Thus \\boxed{B: 12}", 1.0),
+    ("The correct choice is B.", 1.0),
+    ("so it is \\boxed{12}", 0.0),  # a letter gold wants the letter, as evaluation does
+])
+def test_verifier_reward_grades_letter_golds_of_mixed_sets_as_evaluation_does(text, want):
+  problem = sources.Problem(id="p", dataset="cn_middle_school", question="q", answer="B")
+  assert problem.is_choice
+  assert rewards.verifier_reward(text, problem) == want
+  _, (correct,) = benchmarks.grade(benchmarks.to_eval_problem(problem, "cn_middle_school", 0,
+                                                              "cn_middle_school"),
+                                   [text], "cn_middle_school")
+  assert correct == bool(want)
 
 
 CONVERSATIONS = [

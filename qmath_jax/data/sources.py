@@ -38,6 +38,12 @@ class Problem:
   choices: tuple[str, ...] = ()
   meta: dict = dataclasses.field(default_factory=dict)
 
+  @property
+  def is_choice(self) -> bool:
+    """Answered with letters A-E: the problem lists options, or its dataset and gold make it a
+    choice problem the way evaluation decides (``gold.answer_is_choice``)."""
+    return bool(self.choices) or gold.answer_is_choice(self.answer.strip(), self.dataset)
+
   def to_dict(self) -> dict:
     return {"id": self.id, "dataset": self.dataset, "question": self.question,
             "answer": self.answer, "solution": self.solution, "choices": list(self.choices),

@@ -107,12 +107,21 @@ def to_eval_problem(problem: sources.Problem, name: str, index: int, kind: str,
                  choice=gold.answer_is_choice(problem.answer, kind))
 
 
+def grade_texts(texts: Sequence[str], gold_answer: str, data_name: str, choice: bool | None,
+                timeout: float = 3.0) -> tuple[list[str], list[bool]]:
+  """(extracted answers, correct) of responses: `extract_answer` with the choice rule, then
+  `math_equal` against `gold_answer`. The one scoring of evaluation, the sampling rounds and the
+  RL verifier reward. An empty gold matches nothing."""
+  preds = [extract.extract_answer(t, data_name, choice=choice) for t in texts]
+  if not gold_answer.strip():
+    return preds, [False] * len(preds)
+  return preds, [grader.math_equal(p, gold_answer, timeout=timeout) for p in preds]
+
+
 def grade(problem: Problem, texts: Sequence[str], kind: str,
           timeout: float = 3.0) -> tuple[list[str], list[bool]]:
-  """(extracted answers, correct) of responses to `problem`: `extract_answer` with the problem's
-  choice rule, then `math_equal` against its gold. The eval stage's scoring."""
-  preds = [extract.extract_answer(t, kind, choice=problem.choice) for t in texts]
-  return preds, [grader.math_equal(p, problem.gold, timeout=timeout) for p in preds]
+  """`grade_texts` of responses to benchmark `problem` (of dataset kind `kind`)."""
+  return grade_texts(texts, problem.gold, kind, problem.choice, timeout)
 
 
 def load(name: str, data_dir=None, limit: int | None = None,

@@ -1,6 +1,6 @@
 """Rewards for RL and reranking (SPEC §3.3): the rule-based verifier, RM scores, their shaping.
 
-    r_v = verifier_reward(completion.text, problem.answer)            # 1.0 or 0.0
+    r_v = verifier_reward(completion.text, problem)            # 1.0 or 0.0
     scorer = RewardModelScorer(cfg, rm_params, tokenizer)
     r_m = scorer.score([messages + [{"role": "assistant", "content": text}], ...])  # fp32 [n]
     r = shaped_reward(r_m, r_v, alpha=0.5)          # sigmoid(alpha r_m) + (r_v - 1)
@@ -21,7 +21,8 @@ import numpy as np
 
 from qmath_jax import parallel
 from qmath_jax.data import chat
-from qmath_jax.evaluation import extract, grader
+from qmath_jax.data.sources import Problem
+from qmath_jax.evaluation import benchmarks
 from qmath_jax.model.config import ModelConfig
 from qmath_jax.sampling.sampler import bucket
 from qmath_jax.train import reward_model
@@ -34,20 +35,18 @@ class ScorerLike(Protocol):
     ...
 
 
-def verifier_reward(response_text: str, gold: str, data_name: str = "math",
-                    timeout: float = 3.0) -> float:
-  """1.0 when the response's final answer equals `gold` (the evaluation's grader), else 0.0.
+def verifier_reward(response_text: str, problem: Problem, timeout: float = 3.0) -> float:
+  """1.0 when the response's final answer equals the problem's gold, else 0.0: evaluation's
+  scoring (`benchmarks.grade_texts`), letters A-E where the problem is a choice problem.
 
   Args:
     response_text: the assistant response.
-    gold: the reference answer.
-    data_name: dataset name for answer extraction (multiple-choice sets answer in letters).
+    problem: the problem; its dataset and gold decide the extraction (`Problem.is_choice`).
     timeout: seconds for the grader's symbolic check (a timeout counts as wrong).
   """
-  pred = extract.extract_answer(response_text, data_name)
-  if not pred:
-    return 0.0
-  return 1.0 if grader.math_equal(pred, gold, timeout=timeout) else 0.0
+  _, (correct,) = benchmarks.grade_texts([response_text], problem.answer, problem.dataset,
+                                         problem.is_choice, timeout)
+  return 1.0 if correct else 0.0
 
 
 def shaped_reward(rm_score, verified, alpha: float = 0.5) -> np.ndarray:

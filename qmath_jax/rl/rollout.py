@@ -55,7 +55,6 @@ class RolloutConfig:
     max_new_tokens: longest completion (SPEC's evaluation limit: 2048).
     stop: stop strings besides the tokenizer's end-of-sequence ids.
     system: system prompt of the ChatML prompt (CoT by default).
-    data_name: dataset name for answer extraction (multiple-choice sets answer in letters).
     alpha: RM score scale of the shaped reward (SPEC: 0.5).
     scale_advantages_by_std: advantage (r_i - mean(r)) / std(r) over the group (SPEC); False
       gives r_i - mean(r) ("Dr. GRPO"). See `losses.group_normalised_advantages`.
@@ -67,7 +66,6 @@ class RolloutConfig:
   max_new_tokens: int = 2048
   stop: tuple[str, ...] = ()
   system: str = chat.COT_SYSTEM
-  data_name: str = "math"
   alpha: float = 0.5
   scale_advantages_by_std: bool = True
 
@@ -143,7 +141,7 @@ def rollout(sampler, tokenizer, problems: Sequence[Problem], config: RolloutConf
   # Host-only rewards run on the writer process and are shared: a grader timeout on one
   # process cannot give the processes different rewards.
   verified = parallel.on_writer(lambda: np.array(
-      [[rewards_lib.verifier_reward(c.text, p.answer, config.data_name)
+      [[rewards_lib.verifier_reward(c.text, p)
         for c in group_completions] for p, group_completions in zip(problems, completions)],
       np.float32).reshape(len(problems), group))
   if reward_fn is not None:

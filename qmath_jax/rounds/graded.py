@@ -25,12 +25,10 @@ import numpy as np
 
 from qmath_jax import parallel
 from qmath_jax.data import chat
-from qmath_jax.data import gold
 from qmath_jax.data import pipelines
 from qmath_jax.data import records
 from qmath_jax.data import sources
-from qmath_jax.evaluation import extract
-from qmath_jax.evaluation import grader
+from qmath_jax.evaluation import benchmarks
 from qmath_jax.evaluation import runner
 from qmath_jax.rl.rewards import ScorerLike
 
@@ -104,26 +102,16 @@ class Graded:
     return self.messages + [{"role": "assistant", "content": self.responses[i]}]
 
 
-def _choice(problem: sources.Problem) -> bool | None:
-  """Multiple choice when the problem lists options or its gold is a choice the way evaluation
-  decides it (``gold.answer_is_choice``: letter golds of the mixed sets such as
-  cn_middle_school), else the dataset's default."""
-  if problem.choices or gold.answer_is_choice(problem.answer.strip(), problem.dataset):
-    return True
-  return None
-
-
 def grade(problem: sources.Problem, prompt_type: str, responses: Sequence[str],
           finish_reasons: Sequence[str], timeout: float = 3.0) -> Graded:
   """Extracts and grades the responses of one problem (no sampling, no scores)."""
-  preds = [extract.extract_answer(r, problem.dataset, choice=_choice(problem))
-           for r in responses]
   gold = problem.answer.strip()
-  correct = [grader.math_equal(p, gold, timeout=timeout) for p in preds] if gold else None
+  preds, correct = benchmarks.grade_texts(responses, gold, problem.dataset, problem.is_choice,
+                                          timeout)
   return Graded(problem=problem, prompt_type=prompt_type,
                 messages=pipelines.prompt_messages(problem, chat.SYSTEM_PROMPTS[prompt_type]),
                 responses=list(responses), finish_reasons=list(finish_reasons), preds=preds,
-                correct=correct)
+                correct=correct if gold else None)
 
 
 def score_all(scorer: ScorerLike, graded: Sequence[Graded]) -> None:
