@@ -600,11 +600,14 @@ def _problems(config, keep_empty_answers: bool = False) -> list:
     if name == config_validation.SYNTHETIC:
       problems += synthetic.generate(config.data.num_examples, seed=config.seed,
                                      cfg=synthetic_config(config))
-    elif name.endswith(".jsonl"):
-      problems += sources.load_jsonl_problems(name)
     else:
-      problems += sources.load(name, config.data.data_dir or None,
-                               keep_empty_answers=keep_empty_answers)
+      bad_rows = records.BadRows()
+      if name.endswith(".jsonl"):
+        problems += sources.load_jsonl_problems(name, bad_rows=bad_rows)
+      else:
+        problems += sources.load(name, config.data.data_dir or None, bad_rows=bad_rows,
+                                 keep_empty_answers=keep_empty_answers)
+      _report_bad_rows(name, bad_rows)
   return problems[:config.data.limit] if config.data.limit else problems
 
 

@@ -51,3 +51,17 @@ def test_sample_config_errors_before_compute(tiny_decoder, tmp_path):
   config.task = "rm"
   with pytest.raises(config_validation.ConfigError, match="list_size is 6"):
     main.run(config, str(tmp_path / "run"))
+
+
+def test_bad_problem_rows_are_skipped_with_a_warning_naming_the_file(tmp_path, monkeypatch):
+  path = tmp_path / "queries.jsonl"
+  good = {"id": "a", "dataset": "synthetic", "question": "1 + 1?", "answer": "2"}
+  path.write_text(json.dumps(good) + "\n" + json.dumps({"id": "b", "question": "?"}) + "\n")
+  warnings = []
+  monkeypatch.setattr(main.logging, "warning", lambda *args: warnings.append(args[0] % args[1:]))
+  config = load_config("sample.py", "task=rl")
+  config.data.sources = (str(path),)
+  problems = main._problems(config)  # pylint: disable=protected-access
+  assert [p.id for p in problems] == ["a"]
+  assert len(warnings) == 1 and f"{path}: skipped 1 rows (missing field)" in warnings[0]
+  assert f"{path}:2" in warnings[0]
