@@ -175,3 +175,22 @@ def test_pallas_attention_under_a_mesh_equals_xla(tiny):
   np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_decode_without_positions_continues_from_the_cache(tiny):
+  """With a cache and no `positions`, each token's position counts the earlier tokens of its
+  segment in the cache (not a restart at 0 in every call, which rotates keys wrongly)."""
+  cfg, params = tiny
+  model = Transformer(cfg)
+  first, second, cont = _tokens((1, 5), 5), _tokens((1, 4), 6), _tokens((1, 3), 7)
+  prompt = jnp.concatenate([first, second], 1)
+  cache = init_cache(cfg, 1, 16)
+  _, cache = model.apply({"params": params}, prompt, segment_ids=jnp.array([[1] * 5 + [2] * 4]),
+                         cache=cache)
+  decoded = []
+  for i in range(cont.shape[1]):
+    logits, cache = model.apply({"params": params}, cont[:, i:i + 1],
+                                segment_ids=jnp.array([[2]]), cache=cache)
+    decoded.append(logits[:, 0])
+  ref = model.apply({"params": params}, jnp.concatenate([second, cont], 1))[:, 4:]
+  assert _rel_err(jnp.stack(decoded, axis=1), ref) <= 1e-5

@@ -46,7 +46,8 @@ class Transformer(nn.Module):
 
     Args:
       tokens: int `[batch, length]`.
-      positions: int `[batch, length]`; default: restart per segment.
+      positions: int `[batch, length]`; default: restart per segment (with a cache, count the
+        earlier tokens of each token's segment in the cache).
       segment_ids: int `[batch, length]`, 0 = padding; default: all ones (one segment).
       cache: a `kv_cache.init_cache` dict; the tokens are written at `cache["index"]` and
         attend to every earlier slot of their segment.
@@ -59,7 +60,7 @@ class Transformer(nn.Module):
     packed = segment_ids is not None
     if segment_ids is None:
       segment_ids = jnp.ones(tokens.shape, jnp.int32)
-    if positions is None:
+    if positions is None and cache is None:
       positions = attention.segment_positions(segment_ids)
     length = tokens.shape[1]
 
@@ -86,6 +87,8 @@ class Transformer(nn.Module):
       q_slots = cache_index + jnp.arange(length, dtype=jnp.int32)
       kv_slots = jnp.arange(kv_segments.shape[1], dtype=jnp.int32)
       mask = attention.make_mask(segment_ids, kv_segments, q_slots, kv_slots)
+      if positions is None:  # the slots each token sees, itself included, less one
+        positions = jnp.maximum(jnp.sum(mask, axis=-1, dtype=jnp.int32) - 1, 0)
       layer_cfg = cfg
 
     x, layer_caches = _layer_stack(layer_cfg)(layer_cfg, name="layers")(
