@@ -28,12 +28,23 @@ def _tokens(shape, seed=0, vocab=256):
   return jax.random.randint(jax.random.key(seed), shape, 0, vocab, jnp.int32)
 
 
+# SPEC's model shapes: layers, hidden, q / kv heads, head dim, intermediate, vocab, tied.
+SPEC_SHAPES = {
+    "qwen2.5-math-1.5b": (28, 1536, 12, 2, 128, 8960, 151936, True),
+    "qwen2.5-math-7b": (28, 3584, 28, 4, 128, 18944, 152064, False),
+    "qwen2.5-math-72b": (80, 8192, 64, 8, 128, 29568, 152064, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_SHAPES))
+def test_presets_equal_spec_shapes(name):
+  cfg = get_config(name)
+  assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+          cfg.intermediate_size, cfg.vocab_size, cfg.tie_embeddings) == SPEC_SHAPES[name]
+  assert (cfg.rms_norm_eps, cfg.rope_theta, cfg.max_position_embeddings) == (1e-6, 10000.0, 4096)
+
+
 def test_presets_match_released_shapes():
-  cfg = get_config("qwen2.5-math-7b")
-  assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads) == (28, 3584, 28, 4)
-  assert not cfg.tie_embeddings and cfg.vocab_size == 152064
-  assert get_config("qwen2.5-math-1.5b").tie_embeddings
-  assert get_config("qwen2.5-math-72b").intermediate_size == 29568
   # Published sizes: 1.54B, 7.62B, 72.7B parameters.
   assert abs(get_config("qwen2.5-math-1.5b").num_params / 1.54e9 - 1) < 0.01
   assert abs(get_config("qwen2.5-math-7b").num_params / 7.62e9 - 1) < 0.01
