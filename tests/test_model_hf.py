@@ -185,3 +185,29 @@ def test_save_checks_params_against_the_config(tmp_path):
   with pytest.raises(KeyError, match=r"\['lm_head'\] \(lm_head\.weight\): missing"):
     hf.save_hf(cfg, params, tmp_path / "d")
   assert not list(tmp_path.iterdir())
+
+
+def _with_config(tmp_path, name, **changes):
+  ckpt = shutil.copytree(GOLDEN / "gqa_tied_sharded", tmp_path / name)
+  raw = json.loads((ckpt / "config.json").read_text())
+  raw.update(changes)
+  (ckpt / "config.json").write_text(json.dumps(raw))
+  return ckpt
+
+
+def test_rope_settings(tmp_path):
+  """transformers 5 reads rope_parameters before a top-level rope_theta, 4.x only the latter:
+  two different thetas are refused, not silently read as one version would. A rope_scaling
+  that names the default rope is the default rope."""
+  assert hf.read_config(_with_config(tmp_path, "null", rope_theta=None)).rope_theta == 1e6
+  assert hf.read_config(_with_config(tmp_path, "same", rope_theta=1e6)).rope_theta == 1e6
+  with pytest.raises(ValueError, match=r"config\.json: rope_theta=10000\.0 but "
+                     r"rope_parameters\.rope_theta=1000000\.0"):
+    hf.read_config(_with_config(tmp_path, "both", rope_theta=10000.0))
+  for i, scaling in enumerate([{"type": "default"}, {"rope_type": "default"}]):
+    assert hf.read_config(_with_config(tmp_path, f"d{i}", rope_scaling=scaling)).rope_theta == 1e6
+  with pytest.raises(ValueError, match=r"config\.json: rope scaling .*yarn.* is not supported"):
+    hf.read_config(_with_config(tmp_path, "yarn", rope_scaling={"type": "yarn", "factor": 4.0}))
+  with pytest.raises(ValueError, match=r"config\.json: rope scaling .*linear.* is not supported"):
+    hf.read_config(_with_config(tmp_path, "linear", rope_parameters={
+        "rope_type": "linear", "rope_theta": 1e6, "factor": 2.0}))

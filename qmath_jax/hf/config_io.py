@@ -47,11 +47,17 @@ def read_config(hf_dir: pathlib.Path, dtype: str | None) -> ModelConfig:
       raise ValueError(f"{path}: num_labels={labels}; a {REWARD_MODEL} scores with one label")
   if raw.get("use_sliding_window"):
     raise ValueError(f"{path}: use_sliding_window=true is not supported (Qwen2.5 does not use it)")
-  # transformers >= 5 writes rope_theta inside rope_parameters (top-level may be null).
+  # transformers >= 5 writes rope_theta inside rope_parameters (top-level may be null) and reads
+  # it from there first; 4.x reads only the top-level field. Two different values are ambiguous.
   rope = raw.get("rope_parameters") or {}
-  rope_theta = raw.get("rope_theta") or rope.get("rope_theta") or 10000.0
-  if rope.get("rope_type", "default") != "default" or raw.get("rope_scaling"):
-    raise ValueError(f"{path}: rope scaling {rope or raw.get('rope_scaling')!r} is not supported")
+  top, inner = raw.get("rope_theta"), rope.get("rope_theta")
+  if top is not None and inner is not None and float(top) != float(inner):
+    raise ValueError(f"{path}: rope_theta={top} but rope_parameters.rope_theta={inner}; "
+                     "transformers 4 and 5 would read different models")
+  rope_theta = inner if inner is not None else top if top is not None else 10000.0
+  for rope_spec in (rope, raw.get("rope_scaling") or {}):
+    if (rope_spec.get("rope_type") or rope_spec.get("type") or "default") != "default":
+      raise ValueError(f"{path}: rope scaling {rope_spec!r} is not supported")
 
   def field(name, default=None):
     value = raw.get(name, default)
