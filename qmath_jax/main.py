@@ -279,8 +279,10 @@ def _eval_hook(config, loss_fn, eval_pipeline, mesh, param_shardings):
   def evaluate(state, step):
     del step
     total, weight, batches = 0.0, 0.0, 0
-    for batch in iter(eval_pipeline.dataset):
-      if batches == config.train.eval_batches:
+    eval_iter = iter(eval_pipeline.dataset)
+    while batches < config.train.eval_batches:
+      batch = next(eval_iter, None)
+      if not hosts.all_processes(batch is not None)[0]:  # hosts' shards may end apart
         break
       s, w = jax.device_get(loss_and_weight(state.params, batch_lib.shard_batch(batch, mesh)))
       total, weight, batches = total + float(s), weight + float(w), batches + 1

@@ -10,6 +10,7 @@ writer, which shares the result. A single-process run skips every barrier and br
       append_records(path, new)                       # no later step of this call reads it
     hosts.write_once(lambda: write_report(dir), "eval report")   # written, then a barrier
     results = hosts.on_writer(lambda: sandbox.run_batch(codes))  # the writer's, everywhere
+    have_batch, = hosts.all_processes(batch is not None)   # every process stops together
 
 Every process must reach the same barriers and broadcasts in the same order: call these from
 code that all processes run alike.
@@ -41,6 +42,22 @@ def barrier(name: str) -> None:
   """
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def all_processes(*flags: bool) -> tuple[bool, ...]:
+  """Each of `flags` AND-ed over every process: one answer, the same on all of them.
+
+  For decisions that must not differ between processes, because the processes would otherwise
+  part ways at a collective and wait forever: "every process still has a batch" (their data
+  shards may end a batch apart), "no process was asked to stop" (`not signal`). One small
+  all-gather, which also waits for the work already queued on the devices; none with one
+  process.
+  """
+  if jax.process_count() == 1:
+    return tuple(bool(f) for f in flags)
+  gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
+  gathered = np.asarray(gathered).reshape(jax.process_count(), len(flags))
+  return tuple(bool(f) for f in gathered.all(axis=0))
 
 
 def write_once(write: Callable[[], Any], name: str) -> None:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from qmath_jax.parallel import hosts
 from qmath_jax.train import checkpoint as checkpoint_lib
 from qmath_jax.train import metrics_writer
 
@@ -268,6 +269,10 @@ def _run(parts, options, checkpointer, writer, meta) -> Outcome:
       try:
         batch = next(data_iter)
       except StopIteration:
+        batch = None
+      # Processes stop together: a host whose data shard ends a batch early must not leave the
+      # others waiting in the next step's collectives.
+      if not hosts.all_processes(batch is not None)[0]:
         logging.info("training data exhausted at step %d", step)
         break
       window_tokens += _batch_tokens(batch)
@@ -290,7 +295,8 @@ def _run(parts, options, checkpointer, writer, meta) -> Outcome:
           # Eval time is not training time: restart the throughput window after it.
           window_start, window_tokens, window_steps = time.perf_counter(), 0, 0
 
-      if signals.received:
+      # A signal reaches the hosts at slightly different steps; all save the same step.
+      if not hosts.all_processes(not signals.received)[0]:
         preempted = True
         save(step, eval_metrics, final=True)
         break
@@ -304,5 +310,6 @@ def _run(parts, options, checkpointer, writer, meta) -> Outcome:
       save(step, final=True)
     checkpointer.wait()
   if preempted:
-    logging.warning("stopped by %s at step %d; checkpoint saved", signals.received, step)
+    logging.warning("stopped by %s at step %d; checkpoint saved",
+                    signals.received or "another process's signal", step)
   return Outcome(step=step, preempted=preempted, state=state)
