@@ -211,3 +211,10 @@ def test_rope_settings(tmp_path):
   with pytest.raises(ValueError, match=r"config\.json: rope scaling .*linear.* is not supported"):
     hf.read_config(_with_config(tmp_path, "linear", rope_parameters={
         "rope_type": "linear", "rope_theta": 1e6, "factor": 2.0}))
+
+
+def test_unsupported_activation_is_named(tmp_path):
+  """Our MLP is SwiGLU: another activation would load into a silently different model."""
+  assert hf.read_config(_with_config(tmp_path, "silu", hidden_act="silu")).hidden_size == 96
+  with pytest.raises(ValueError, match=r"config\.json: hidden_act='gelu' is not supported"):
+    hf.read_config(_with_config(tmp_path, "gelu", hidden_act="gelu"))

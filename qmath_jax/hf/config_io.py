@@ -45,6 +45,9 @@ def read_config(hf_dir: pathlib.Path, dtype: str | None) -> ModelConfig:
     labels = raw.get("num_labels", len(raw.get("id2label") or {0: None}))
     if labels != 1:
       raise ValueError(f"{path}: num_labels={labels}; a {REWARD_MODEL} scores with one label")
+  if raw.get("hidden_act", "silu") != "silu":
+    raise ValueError(f"{path}: hidden_act={raw['hidden_act']!r} is not supported (Qwen2's MLP is "
+                     "SwiGLU: silu)")
   if raw.get("use_sliding_window"):
     raise ValueError(f"{path}: use_sliding_window=true is not supported (Qwen2.5 does not use it)")
   # transformers >= 5 writes rope_theta inside rope_parameters (top-level may be null) and reads
