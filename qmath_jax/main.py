@@ -777,7 +777,8 @@ def run_rl_stage(config, workdir: str) -> dict:
   try:
     with loop.StopSignals() as signals, _prompt_sampler(
         config, sampler, tokenizer, config.sample.prompt_type) as policy:
-      while episode < rl.episodes and not signals.received:
+      stop = False
+      while episode < rl.episodes and not stop:
         state, metrics = grpo.grpo_iteration(
             state, train_step, policy, tokenizer,
             _episode_problems(problems, episode, rl.problems_per_episode, config.seed),
@@ -785,8 +786,10 @@ def run_rl_stage(config, workdir: str) -> dict:
         episode += 1
         writer.write(episode, metrics)
         writer.advance(episode)
-        if (episode % config.checkpoint.every == 0 or episode == rl.episodes or
-            signals.received):  # SIGTERM/SIGINT: save the finished episode, exit 0
+        # SIGTERM/SIGINT: save the finished episode, exit 0. Hosts signalled an episode apart
+        # agree, so that every one saves the same episode.
+        stop = not hosts.all_processes(not signals.received)[0]
+        if episode % config.checkpoint.every == 0 or episode == rl.episodes or stop:
           checkpointer.save(episode, state, meta=dict(meta, episode=episode))
   finally:
     checkpointer.close()
