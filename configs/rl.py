@@ -1,8 +1,8 @@
 r"""GRPO from the final SFT model with the final reward model (SPEC §3.3).
 
     python -m qmath_jax.main --config=configs/rl.py:model=qwen2.5-math-7b --workdir=/runs/rl \
-        --config.init.checkpoint=/runs/sft_r2 --config.scorer.rm_checkpoint=/runs/rm_r2 \
-        --config.data.sources=/runs/sample_rl/queries.jsonl \
+        --config.init.checkpoint=/runs/sft_r2 --config.scorer.rm_checkpoint=/runs/rm_r1 \
+        --config.data.sources=/runs/rl_queries/queries.jsonl \
         --config.tokenizer.path=/ckpt/Qwen2.5-Math-7B
 
 Queries: `queries.jsonl` of a `configs/sample.py:task=rl` run (the SFT model's 2-to-5-of-8
