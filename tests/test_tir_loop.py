@@ -200,7 +200,9 @@ def test_length_limit_ends_a_sample(sandbox):
 
 def test_closed_python_block():
   assert tir.closed_python_block("a\n```python\nx = 1\n```") == "x = 1\n"
+  assert tir.closed_python_block("a\n```python\nx = 1\n```\n") == "x = 1\n"   # "```\n" token
   assert tir.closed_python_block("a\n```") is None                       # just opened
+  assert tir.closed_python_block("a\n```python\n") is None               # "```python\n" token
   assert tir.closed_python_block("```text\nx\n```") is None              # not python
   assert tir.closed_python_block("```python\nx\n```\n```output\n1\n```\n```python\ny\n```") \
       == "y\n"
@@ -238,3 +240,42 @@ def test_tir_sampler_carries_the_masks_and_passes_weights_on(sandbox):
   assert 0 in completion.model_mask  # the interpreter output stays out of RL losses
   sampler.update_params("new weights")
   assert updates == ["new weights"]
+
+
+FENCE_NL_ID = EOS_ID + 1     # one token for "```\n", as BPE vocabularies have it
+PYTHON_OPEN_ID = EOS_ID + 2  # one token for "```python\n"
+
+
+class MergedFenceTokenizer(CharTokenizer):
+  """Characters, plus whole-fence tokens that carry the newline after the fence."""
+
+  def decode(self, ids):
+    pieces = {FENCE_NL_ID: "```\n", PYTHON_OPEN_ID: "```python\n", EOS_ID: EOS_TEXT}
+    return "".join(pieces[i] if i in pieces else chr(i) for i in ids)
+
+
+def test_a_closing_fence_token_that_carries_a_newline_still_runs_the_code(sandbox):
+  """The token that completes the fence stop string may carry more ("```\\n" is one token in
+  BPE vocabularies): the block it closes runs all the same."""
+  rounds = [("Compute.\n", [PYTHON_OPEN_ID]), ("print(2 + 2)\n", [FENCE_NL_ID]),
+            ("\\boxed{4}", [EOS_ID])]
+
+  class RoundModel:
+    def __init__(self):
+      self.round = 0
+
+    def generate_ids(self, prompt_ids, n=1, **unused):
+      text, end = rounds[self.round]
+      self.round += 1
+      ids = [ord(c) for c in text] + end
+      stop = EOS_TEXT if end == [EOS_ID] else "```"
+      return [[types.Completion(text, ids, [0.0] * len(ids), types.FINISH_STOP, stop)]
+              for _ in prompt_ids]
+
+  (sample,), = tir.generate_tir(RoundModel(), MergedFenceTokenizer(),
+                                RecordingExecutor(sandbox), [PROMPT_A])
+  assert [call.code for call in sample.calls] == ["print(2 + 2)\n"]
+  assert sample.text == ("Compute.\n```python\nprint(2 + 2)\n```\n```output\n4\n```\n"
+                         "\\boxed{4}")
+  assert sample.finish_reason == types.FINISH_STOP
+  assert sample.model_mask.count(0) == len("```output\n4\n```\n")

@@ -103,9 +103,12 @@ class TirSample:
 def closed_python_block(text: str) -> str | None:
   """The code of the python block that `text` has just closed, else None.
 
-  `text` ends with a fence. When the fences in `text` pair up, the last pair is the block just
-  closed; its opening line gives the language. An odd count means a block was just opened.
+  `text` ends with a fence, or with a fence and the whitespace its token carried ("```\n" is
+  one token in BPE vocabularies; Qwen's loop strips it too). When the fences in `text` pair
+  up, the last pair is the block just closed; its opening line gives the language. An odd
+  count means a block was just opened.
   """
+  text = text.rstrip()
   if not text.endswith(FENCE) or text.count(FENCE) % 2:
     return None
   close = len(text) - len(FENCE)
