@@ -613,6 +613,31 @@ def _problems(config, keep_empty_answers: bool = False) -> list:
   return problems[:config.data.limit] if config.data.limit else problems
 
 
+# sample task -> the key under which its round records its own settings in summary.json.
+_ROUND_SETTINGS = {"sft": "rejection", "rm": "rm_data", "rl": "rl_queries"}
+
+
+def _finished_round(workdir: str, task: str, sample_cfg) -> dict | None:
+  """The `summary.json` of a round finished in `workdir` (written last), or None.
+
+  Raises ValueError when it was made for another task or with other sampling settings: its
+  files are not this round's, and they are not overwritten.
+  """
+  from qmath_jax.rounds import graded  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, graded.SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    summary = json.load(f)
+  recorded = summary.get("config", {})
+  wanted = json.loads(json.dumps(dataclasses.asdict(sample_cfg)))
+  if _ROUND_SETTINGS[task] not in recorded or recorded.get("sample") != wanted:
+    raise ValueError(f"{path}: a finished sample round made with other settings "
+                     f"({recorded}), not task {task!r} with {wanted}; use another workdir or "
+                     "delete its files")
+  return summary
+
+
 @register_stage("sample", check=_check_sample_stage)
 def run_sample_stage(config, workdir: str) -> dict:
   """Samples the current model on problems and writes the next round's data (SPEC §3.1-3.3).
@@ -620,13 +645,19 @@ def run_sample_stage(config, workdir: str) -> dict:
   task "sft": RM-guided rejection sampling -> `<workdir>/sft.jsonl` (the next SFT round's
   `data.source`); "rm": graded lists -> `<workdir>/rm.jsonl` (the rm stage's `data.source`);
   "rl": queries with 2 to 5 of 8 right -> `<workdir>/queries.jsonl`. Each also writes
-  `problems.jsonl` (per-problem counts) and `summary.json`.
+  `problems.jsonl` (per-problem counts) and `summary.json`, last. A rerun in a workdir that
+  has the `summary.json` of the same round returns it and samples nothing.
   """
   from qmath_jax.rounds import graded, rejection, rl_queries, rm_data  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
-  sampler, tokenizer, _ = _init_sampler(config)
   problems = _problems(config, keep_empty_answers=config.task == "sft")
   sample_cfg = graded.SampleConfig(**config.sample.to_dict(), seed=config.seed)
+  summary = _finished_round(workdir, config.task, sample_cfg)
+  if summary is not None:
+    logging.info("sample: %s already holds this round's files; nothing to do", workdir)
+    return {"stage": "sample", "task": config.task, "problems": len(problems),
+            "summary": summary}
+  sampler, tokenizer, _ = _init_sampler(config)
   with _prompt_sampler(config, sampler, tokenizer, sample_cfg.prompt_type) as prompt_sampler:
     if config.task == "sft":
       scorer = _rm_scorer(config.scorer.rm_checkpoint, tokenizer, config.scorer.batch_size,

@@ -65,3 +65,24 @@ def test_bad_problem_rows_are_skipped_with_a_warning_naming_the_file(tmp_path, m
   assert [p.id for p in problems] == ["a"]
   assert len(warnings) == 1 and f"{path}: skipped 1 rows (missing field)" in warnings[0]
   assert f"{path}:2" in warnings[0]
+
+
+def test_rerun_of_a_finished_round_keeps_its_files(tiny_decoder, tmp_path, monkeypatch):
+  config = small(load_config("sample.py", "task=rl"), tiny_decoder, problems=2)
+  first = main.run(config, str(tmp_path))
+  files = {name: (tmp_path / name).read_bytes()
+           for name in ("queries.jsonl", "problems.jsonl", "summary.json")}
+
+  def no_sampling(*args):
+    raise AssertionError("a finished round sampled again")
+
+  monkeypatch.setattr(main, "_init_sampler", no_sampling)
+  assert main.run(config, str(tmp_path)) == first  # the same summary, nothing resampled
+  assert {name: (tmp_path / name).read_bytes() for name in files} == files
+  config.sample.temperature = 1.0  # other settings: not these files' round
+  with pytest.raises(ValueError, match=r"summary\.json: a finished sample round made with"):
+    main.run(config, str(tmp_path))
+  rm_config = small(load_config("sample.py", "task=rm"), tiny_decoder, problems=2)
+  with pytest.raises(ValueError, match=r"summary\.json: a finished sample round made with"):
+    main.run(rm_config, str(tmp_path))
+  assert {name: (tmp_path / name).read_bytes() for name in files} == files
