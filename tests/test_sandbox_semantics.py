@@ -90,6 +90,17 @@ def test_same_program_same_output_on_every_worker(sandbox):
   assert len(outputs) == 1
 
 
+def test_random_numbers_are_the_same_on_every_worker_and_run(sandbox):
+  """A greedy TIR run is reproducible even when the model's program simulates with random,
+  numpy.random or sympy's random helpers."""
+  code = ("import random\nimport numpy as np\nimport sympy\n"
+          "print(random.random(), np.random.rand(), np.random.default_rng().random() < 2,\n"
+          "      sympy.randprime(1, 10**9))")
+  outputs = [r.output for r in sandbox.run_batch([code] * 6)]
+  assert len(set(outputs)) == 1 and "True" in outputs[0], outputs
+  assert sandbox.run(code).output == outputs[0]
+
+
 def test_bad_arguments_are_named():
   with pytest.raises(ValueError, match="timeout"):
     PythonSandbox(timeout=0)

@@ -21,8 +21,9 @@ directory is removed and the private /tmp emptied.
 Program semantics follow the Qwen2.5-Math evaluation executor: stdout is captured; when the
 last top-level statement is a bare expression other than a ``print(...)`` call its ``str``
 value is shown after the captured output (``None`` is not shown); an exception gives the last
-line of its traceback; ``input()`` is an error; output and error text are stripped and cut to
-the first 200 + "..." + the last 200 characters. The prelude blocks (code that ran
+line of its traceback; ``input()`` is an error; ``random``, ``numpy.random`` and sympy's
+generators start from a fixed seed; output and error text are stripped and cut to the first
+200 + "..." + the last 200 characters. The prelude blocks (code that ran
 successfully earlier in the same solution) run first with their output discarded.
 
 This module imports nothing from ``qmath_jax``: it runs as a script whose own directory is
@@ -35,6 +36,7 @@ import ctypes
 import io
 import json
 import os
+import random
 import resource
 import select
 import shutil
@@ -73,8 +75,15 @@ _WARMUP = {
               "sympy.integrate(x**2, (x, 0, 1))\n"
               "sympy.factorint(360)\n"
               "sympy.N(sympy.pi + sympy.sqrt(2) + sympy.Rational(1, 3), 20)\n"),
-    "numpy": "numpy.linalg.solve(numpy.eye(3), numpy.ones(3))\n",
+    "numpy": ("numpy.linalg.solve(numpy.eye(3), numpy.ones(3))\n"
+              "numpy.random.rand(1)\n"),  # numpy.random loads lazily: load it to seed it
 }
+# Global generators a program may draw from without seeding them, besides `random`; each job
+# child seeds them all, so a program prints the same on every worker and in every run
+# (`random` reseeds itself from the OS in every forked child, the others hold whatever state
+# their worker started with).
+_SEEDED_MODULES = ("numpy.random", "sympy.core.random")
+RANDOM_SEED = 0
 
 
 # ----------------------------------------------------------------------------- semantics
@@ -318,6 +327,15 @@ def _isolate(config: dict, result_fd: int, workdir: str) -> None:
   signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _seed_generators() -> None:
+  """Seeds `random` and every loaded module of `_SEEDED_MODULES` with RANDOM_SEED."""
+  random.seed(RANDOM_SEED)
+  for name in _SEEDED_MODULES:
+    module = sys.modules.get(name)
+    if module is not None:
+      module.seed(RANDOM_SEED)
+
+
 def _report(result: dict) -> None:
   """Writes the child's one result line on fd 3."""
   with os.fdopen(3, "wb", buffering=0) as out:
@@ -442,6 +460,7 @@ def run_job(job: dict, config: dict, layers: dict) -> dict:
     try:
       os.close(read_fd)
       _isolate(config, write_fd, workdir)
+      _seed_generators()
       status = 0
       _report(execute(job["code"], job.get("prelude", ())))
     finally:
