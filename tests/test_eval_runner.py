@@ -133,6 +133,32 @@ def test_resume_samples_only_missing_problems(synthetic, tmp_path):
   assert not third.calls
 
 
+def test_resume_adding_or_dropping_the_reward_model(synthetic, tmp_path):
+  """Samples cached without RM scores are scored when a later run has a reward model (the
+  same samples also give RM@N); a run without one reports no RM@N for partly scored files."""
+  data, script, score_fn = synthetic
+  config = dict(datasets=("gsm8k",), n=4, temperature=0.7, top_p=0.8, pass_k=(1,),
+                data_dir=str(data), batch_size=3)
+  fresh = runner.run_eval(ScriptedSampler(script), tmp_path / "fresh",
+                          runner.EvalConfig(**config), score_fn=score_fn)
+  work = tmp_path / "work"
+  runner.run_eval(ScriptedSampler(script), work, runner.EvalConfig(**config, limit=2))
+  second = ScriptedSampler(script)
+  resumed = runner.run_eval(second, work, runner.EvalConfig(**config), score_fn=score_fn)
+  assert resumed["datasets"] == fresh["datasets"] and resumed["metric"] == "rm"
+  assert sum(len(c["prompts"]) for c in second.calls) == 2   # only the missing problems
+  lines = (work / "samples" / "gsm8k.jsonl").read_text().splitlines()
+  assert sorted(json.loads(l)["index"] for l in lines) == [0, 1, 2, 3]
+  assert all(json.loads(l)["scores"] is not None for l in lines)
+
+  partly = tmp_path / "partly"
+  runner.run_eval(ScriptedSampler(script), partly, runner.EvalConfig(**config, limit=2),
+                  score_fn=score_fn)
+  unscored = runner.run_eval(ScriptedSampler(script), partly, runner.EvalConfig(**config))
+  assert "rm" not in unscored["datasets"]["gsm8k"]
+  assert unscored["datasets"]["gsm8k"]["maj"] == fresh["datasets"]["gsm8k"]["maj"]
+
+
 def test_resume_with_other_settings_or_corrupt_file_is_an_error(synthetic, tmp_path):
   data, script, _ = synthetic
   work = tmp_path / "work"

@@ -104,12 +104,41 @@ def _append(path: pathlib.Path, new: list[dict]) -> None:
     os.fsync(f.fileno())
 
 
+def _rm_prompts(batch: list[benchmarks.Problem], kind: str, config: EvalConfig) -> list[str]:
+  """The RM reads [system, question, response] (SPEC), as it was trained: no exemplars."""
+  return [prompts.build_prompt(p.question, kind, config.prompt_type, few_shot=False)
+          for p in batch]
+
+
+def _score_cached(done: dict[int, dict], problems: list[benchmarks.Problem], kind: str,
+                  config: EvalConfig, samples_path: pathlib.Path, score_fn: ScoreFn) -> None:
+  """Adds RM scores to cached records made without a reward model; rewrites the file."""
+  unscored = [p for p in problems if p.index in done and done[p.index].get("scores") is None]
+  if not unscored:
+    return
+  for start in range(0, len(unscored), config.batch_size):
+    batch = unscored[start:start + config.batch_size]
+    scores = score_fn(_rm_prompts(batch, kind, config),
+                      [done[p.index]["responses"] for p in batch])
+    for problem, per_prompt in zip(batch, scores):
+      done[problem.index] = {**done[problem.index],
+                             "scores": [float(s) for s in per_prompt]}
+  if parallel.is_writer():
+    records.write_atomic(samples_path, "".join(
+        json.dumps(done[i], ensure_ascii=False) + "\n" for i in sorted(done)))
+
+
 def sample_dataset(sampler, problems: list[benchmarks.Problem], kind: str, config: EvalConfig,
                    samples_path: pathlib.Path, score_fn: ScoreFn | None = None) -> list[dict]:
-  """Samples, grades and caches every problem not yet in `samples_path`; returns all records."""
+  """Samples, grades and caches every problem not yet in `samples_path`; returns all records.
+
+  With `score_fn`, cached records made without one get their RM scores now.
+  """
   fingerprint = config.fingerprint()
   done = _load_samples(samples_path, fingerprint)
   parallel.barrier(f"read {samples_path.name}")  # before the writer appends to it
+  if score_fn is not None:
+    _score_cached(done, problems, kind, config, samples_path, score_fn)
   todo = [p for p in problems if p.index not in done]
   for start in range(0, len(todo), config.batch_size):
     batch = todo[start:start + config.batch_size]
@@ -127,10 +156,7 @@ def sample_dataset(sampler, problems: list[benchmarks.Problem], kind: str, confi
     texts = [[c.text for c in per_prompt] for per_prompt in completions]
     scores = None
     if score_fn is not None:
-      # The RM reads [system, question, response] (SPEC), as it was trained: no exemplars.
-      rm_prompts = [prompts.build_prompt(p.question, kind, config.prompt_type, few_shot=False)
-                    for p in batch]
-      scores = score_fn(rm_prompts, texts)
+      scores = score_fn(_rm_prompts(batch, kind, config), texts)
     graded = parallel.on_writer(lambda: [  # graded once, the same on every process
         benchmarks.grade(problem, texts[k], kind, config.grade_timeout)
         for k, problem in enumerate(batch)])
@@ -151,12 +177,16 @@ def sample_dataset(sampler, problems: list[benchmarks.Problem], kind: str, confi
 
 
 def dataset_scores(samples: list[dict], ks: Sequence[int]) -> dict:
-  """Mean of each per-problem score over a dataset, in percent, plus the problem count."""
+  """Mean of each per-problem score over a dataset, in percent, plus the problem count.
+
+  A score only some problems have (RM@N where only part of a resumed file was scored) is left
+  out.
+  """
   if not samples:
     return {"num_problems": 0}
   per_problem = [metrics.problem_scores(r["preds"], r["correct"], r.get("scores"), ks)
                  for r in samples]
-  keys = per_problem[0].keys()
+  keys = [k for k in per_problem[0] if all(k in p for p in per_problem)]
   out = {k: 100.0 * sum(p[k] for p in per_problem) / len(per_problem) for k in keys}
   out["num_problems"] = len(samples)
   return out
