@@ -42,6 +42,15 @@ def test_execute_follows_qwen_executor(code, output, error):
   assert result == {"output": output, "error": error, "timed_out": False}
 
 
+def test_output_is_always_valid_utf8():
+  """A lone surrogate a program prints comes back escaped: the transcript must encode (the
+  tokenizer and the UTF-8 samples file refuse lone surrogates)."""
+  result = worker.execute("print(chr(0xd800) + 'x')\nraise ValueError(chr(0xdfff))")
+  assert result["output"] == "\\ud800x" and result["error"] == "ValueError: \\udfff"
+  long = worker.truncate("\ud800" * 300)
+  assert len(long) == 403 and long.startswith("\\ud800") and long.encode("utf-8")
+
+
 def test_execute_restores_the_interpreter():
   import builtins
   import sys

@@ -90,8 +90,12 @@ RANDOM_SEED = 0
 
 
 def truncate(text: str, half: int = TRUNCATE_HALF) -> str:
-  """Strips `text` and keeps its first and last `half` characters around "..." when longer."""
-  text = text.strip()
+  """Strips `text` and keeps its first and last `half` characters around "..." when longer.
+
+  Lone surrogates (`print(chr(0xd800))`) are escaped first ("\\ud800"): the text goes into a
+  transcript that tokenizers and UTF-8 files must encode.
+  """
+  text = text.encode("utf-8", "backslashreplace").decode("utf-8").strip()
   if len(text) > 2 * half:
     text = text[:half] + "..." + text[-half:]
   return text
