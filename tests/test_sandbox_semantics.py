@@ -110,6 +110,15 @@ def test_random_numbers_are_the_same_on_every_worker_and_run(sandbox):
   assert sandbox.run(code).output == outputs[0]
 
 
+def test_cpu_limit_counts_as_a_timeout():
+  """A program stopped by RLIMIT_CPU before the wall clock (threads that burn more than one
+  core) is a timeout, as the Result says, not a crash."""
+  with PythonSandbox(timeout=6.0, num_workers=1, preload=()) as box:
+    box._config["rlimits"]["RLIMIT_CPU"] = 1  # pylint: disable=protected-access
+    result = box.run("while True:\n  pass")
+  assert (result.error, result.timed_out) == ("Timeout Error", True)
+
+
 def test_bad_arguments_are_named():
   with pytest.raises(ValueError, match="timeout"):
     PythonSandbox(timeout=0)

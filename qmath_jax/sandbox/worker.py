@@ -318,7 +318,10 @@ def _isolate(config: dict, result_fd: int, workdir: str) -> None:
   os.closerange(4, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
   limits = config["rlimits"]
   for name, value in limits.items():
-    resource.setrlimit(getattr(resource, name), (value, value))
+    # A hard CPU limit equal to the soft one sends SIGKILL, never SIGXCPU: the hard limit sits
+    # a second later, so the program gets SIGXCPU (a timeout) at the soft one.
+    hard = value + 1 if name == "RLIMIT_CPU" else value
+    resource.setrlimit(getattr(resource, name), (value, hard))
   resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
   os.chdir(workdir)
   if config.get("uid") is not None:
