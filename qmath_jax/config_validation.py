@@ -19,6 +19,7 @@ from qmath_jax.parallel import mesh as mesh_lib
 from qmath_jax.train import optimizer as optimizer_lib
 
 TRAIN_STAGES = ("pretrain", "sft", "rm")
+REPORT_STAGES = ("pretrain", "sft", "rl")  # their checkpoints hold a decoder to sample
 SYNTHETIC = "synthetic"
 _MISSING = object()
 
@@ -289,8 +290,14 @@ def validate(config, stages: Collection[str], num_devices: int,
     report_stages = c.get("report.stages")
     if (not isinstance(report_stages, (tuple, list)) or not report_stages
         or (names and any(s not in names for s in report_stages))):
-      c.fail("report.stages", f"expected some of the pipeline's stages {list(names)}, got "
-             f"{report_stages!r}")
+      c.fail("report.stages", f"expected some of the pipeline's stages {list(names or ())}, "
+             f"got {report_stages!r}")
+    else:  # the report samples each stage's latest params: a decoder's
+      for name in report_stages:
+        sub_stage = c._lookup(f"{name}.stage")
+        if sub_stage not in REPORT_STAGES:
+          c.fail("report.stages", f"{name!r} is a {sub_stage!r} stage, whose run has no decoder "
+                 f"to sample; expected stages of kind {list(REPORT_STAGES)}")
     c.int("report.num_problems", minimum=0)
     c.int("report.max_new_tokens", minimum=1)
   if c.problems:

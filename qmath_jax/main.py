@@ -20,6 +20,7 @@ import json
 import logging as py_logging
 import os
 import re
+import sys
 
 from absl import app
 from absl import flags
@@ -905,14 +906,17 @@ def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, see
 
 
 def check_workdir(workdir: str) -> None:
-  """Raises ConfigError for a workdir given as a URL (gs://, s3://, ...).
+  """Raises ConfigError for an empty workdir or one given as a URL (gs://, s3://, ...).
 
   The stages write metrics, jsonl outputs, reports and the tokenizer with local file calls
   (appends and renames that object stores do not offer), so a URL would leave those in a
   local folder named after it while checkpoints went to the bucket. Mount the bucket instead
   (e.g. `gcsfuse BUCKET /mnt/BUCKET`, then `--workdir=/mnt/BUCKET/run`).
   """
-  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", workdir or ""):
+  if not workdir:
+    raise config_validation.ConfigError(
+        f"--workdir={workdir or ''}: expected a directory for the run's checkpoints and outputs")
+  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", workdir):
     raise config_validation.ConfigError(
         f"--workdir={workdir}: a URL is not supported; mount the bucket (e.g. `gcsfuse "
         f"BUCKET /mnt/BUCKET`) and pass the mounted path, e.g. --workdir=/mnt/BUCKET/run")
@@ -948,6 +952,40 @@ def main(argv):
   print(json.dumps(result), flush=True)
 
 
+def _unknown_override(argv, config) -> str | None:
+  """'flag --config.a.b=v: config.a has no field 'b' (it has: ...)' for the first override in
+  `argv` whose path `config` lacks; None when every path is there."""
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    node, parent = config, "config"
+    for part in arg[len("--config."):].split("=", 1)[0].split("."):
+      if not isinstance(node, ml_collections.ConfigDict):
+        return f"flag {arg}: {parent} is {node!r}, not a config with fields"
+      if part not in node:
+        return (f"flag {arg}: {parent} has no field {part!r} (it has: "
+                f"{', '.join(sorted(node.keys()))})")
+      node, parent = node[part], f"{parent}.{part}"
+  return None
+
+
+def _parse_flags(argv):
+  """absl's flag parsing; a `--config.x=v` naming no field of the config is a usage error.
+
+  ml_collections raises a bare KeyError or AttributeError ("'nope'") for it from inside the
+  parse, which absl shows as a traceback naming no flag.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    problem = None
+    files = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    if files:  # the config as its file makes it, before the overrides
+      problem = _unknown_override(argv, flags.FLAGS["config"].parser.parse(files[-1]))
+    sys.stderr.write(f"FATAL Flags parsing error: {problem or e}\n")
+    sys.exit(1)
+
+
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -147,3 +147,46 @@ def test_pipeline_checks_its_rl_stage_before_any_compute(tmp_path):
   config = load_config("demo.py", "quick=1")
   config.rl.scorer.rm_checkpoint = str(tmp_path / "no_rm_run")  # not an earlier stage: checked
   _run_expecting(config, tmp_path, "config.rl.scorer.rm_checkpoint: no checkpoints in")
+
+
+def test_pipeline_report_names_only_stages_with_a_decoder(tmp_path):
+  """The report samples each named stage's latest params after every stage ran: an rm run's
+  are a reward model, and a sample or eval run has none, so naming one fails up front."""
+  config = load_config("demo.py", "quick=1")
+  config.report.stages = ("sft", "rm")
+  _run_expecting(config, tmp_path, "config.report.stages: 'rm' is a 'rm' stage, whose run has no "
+                 "decoder to sample")
+  config.report.stages = ("pretrain", "rl")
+  config_validation.validate(config, main.STAGES, jax.device_count(), main.STAGE_CHECKS)
+  config.stages, config.report.stages = (), ()  # both wrong: both named, no TypeError
+  _run_expecting(config, tmp_path, "config.stages: expected a non-empty list",
+                 "config.report.stages: expected some of the pipeline's stages [], got ()")
+
+
+def test_command_line_empty_workdir_is_a_usage_error(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  proc = subprocess.run(
+      [sys.executable, "-m", "qmath_jax.main", "--config=configs/demo.py:quick=1", "--workdir="],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "--workdir=: expected a directory" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  with pytest.raises(config_validation.ConfigError, match="--workdir=: expected a directory"):
+    main.check_workdir("")
+
+
+def test_command_line_override_of_a_missing_field_names_it(tmp_path):
+  workdir = tmp_path / "run"
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  proc = subprocess.run(
+      [sys.executable, "-m", "qmath_jax.main", "--config=configs/demo.py:quick=1",
+       f"--workdir={workdir}", "--config.rl.rl.episode=5"],  # the field is `episodes`
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert ("flag --config.rl.rl.episode=5: config.rl.rl has no field 'episode' (it has: alpha, "
+          "clip_eps, episodes,") in proc.stderr
+  assert "Traceback" not in proc.stderr and not workdir.exists()
+  config = load_config("demo.py", "quick=1")
+  assert main._unknown_override(["prog", "--config.seed.x=1"], config) == (  # pylint: disable=protected-access
+      "flag --config.seed.x=1: config.seed is 0, not a config with fields")
+  assert main._unknown_override(["prog", "--config.seed=1"], config) is None  # pylint: disable=protected-access
