@@ -298,24 +298,29 @@ def test_nothing_carries_over_in_tmp(sandbox, report, contained):
   assert [r.output for r in checks] == ["True", "True"]
 
 
-def test_sysv_ipc_cannot_outlive_a_program(sandbox, report, contained):
-  """SysV shared memory outlives its processes: it would hand data to the next program of the
-  worker and hold memory outside RLIMIT_AS. Inside the worker's IPC namespace none can be
-  made."""
+def test_ipc_objects_cannot_outlive_a_program(sandbox, report, contained):
+  """SysV shared memory, message queues and semaphores and POSIX message queues outlive their
+  processes: they would hand data to the next program of the worker and hold memory outside
+  RLIMIT_AS. Inside the worker's IPC namespace none can be made."""
   if not report["pid_namespace"]:
     pytest.skip("no IPC namespace on this host")
-  assert report["no_sysv_ipc"]
-  libc = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+  assert report["no_lasting_ipc"]
+  libc = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
           "libc.shmat.restype = ctypes.c_void_p\n")
   plant = sandbox.run(
       libc + "sid = libc.shmget(4242, 1 << 20, 0o1666)\n"
       "if sid >= 0:\n"
       "  ctypes.memmove(libc.shmat(sid, None, 0), b'left for later', 14)\n"
-      "print(sid, libc.msgget(4243, 0o1666), libc.semget(4244, 1, 0o1666))")
-  assert plant.output == "-1 -1 -1", plant
-  read = sandbox.run(libc + "sid = libc.shmget(4242, 0, 0)\n"
-                     "print(ctypes.string_at(libc.shmat(sid, None, 0), 14) if sid >= 0 else sid)")
-  assert read.output == "-1"
+      "queue = libc.mq_open(b'/left', os.O_CREAT | os.O_RDWR, 0o666, None)\n"
+      "if queue >= 0:\n"
+      "  libc.mq_send(queue, b'left for later', 14, 0)\n"
+      "print(sid, libc.msgget(4243, 0o1666), libc.semget(4244, 1, 0o1666), queue)")
+  assert plant.output == "-1 -1 -1 -1", plant
+  read = sandbox.run(
+      libc + "sid = libc.shmget(4242, 0, 0)\n"
+      "print(ctypes.string_at(libc.shmat(sid, None, 0), 14) if sid >= 0 else sid,\n"
+      "      libc.mq_open(b'/left', os.O_RDWR))")
+  assert read.output == "-1 -1"
 
 
 def test_without_namespaces_escaped_processes_still_end():

@@ -277,7 +277,7 @@ class PythonSandbox:
                             "killed with everything it started on timeout",
         "pid_namespace": bool(layers.get("pid_namespace")),
         "no_network": bool(layers.get("no_network")),
-        "no_sysv_ipc": bool(layers.get("no_sysv_ipc")),
+        "no_lasting_ipc": bool(layers.get("no_lasting_ipc")),
         "network_interfaces": layers.get("network_interfaces", []),
         "mount_namespace": self._namespaces,
         "private_root": bool(layers.get("private_root")),

@@ -260,17 +260,17 @@ def build_private_root(tmpfs_bytes: int) -> None:
   _mount(None, "/", None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
 
 
-# SysV IPC objects outlive the processes that made them: the next program of the worker could
-# read them, and shared memory holds memory outside RLIMIT_AS. Zero limits in the worker's own
-# IPC namespace forbid them (the host's limits are untouched).
-_SYSV_IPC_LIMITS = (("/proc/sys/kernel/shmmni", "0"), ("/proc/sys/kernel/msgmni", "0"),
-                    ("/proc/sys/kernel/sem", "0 0 0 0"))
+# SysV IPC objects and POSIX message queues outlive the processes that made them: the next
+# program of the worker could read them, and they hold memory outside RLIMIT_AS. Zero limits
+# in the worker's own IPC namespace forbid them (the host's limits are untouched).
+_IPC_LIMITS = (("/proc/sys/kernel/shmmni", "0"), ("/proc/sys/kernel/msgmni", "0"),
+               ("/proc/sys/kernel/sem", "0 0 0 0"), ("/proc/sys/fs/mqueue/queues_max", "0"))
 
 
-def _forbid_sysv_ipc() -> bool:
-  """Sets this IPC namespace's SysV limits to zero; whether that worked."""
+def _forbid_lasting_ipc() -> bool:
+  """Sets this IPC namespace's SysV and POSIX queue limits to zero; whether that worked."""
   try:
-    for path, value in _SYSV_IPC_LIMITS:
+    for path, value in _IPC_LIMITS:
       with open(path, "w") as f:
         f.write(value)
     return True
@@ -315,7 +315,7 @@ def set_up(config: dict) -> dict:
       exec(_WARMUP[name], {name: module})  # pylint: disable=exec-used  (our own code)
   layers["pid_namespace"] = os.getpid() == 1
   # Only in a namespace of our own: as root on the host this would change the host's limits.
-  layers["no_sysv_ipc"] = layers["pid_namespace"] and _forbid_sysv_ipc()
+  layers["no_lasting_ipc"] = layers["pid_namespace"] and _forbid_lasting_ipc()
   if not layers["pid_namespace"]:
     _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
   interfaces = _network_interfaces()
