@@ -72,13 +72,25 @@ assert same and cfg2 == cfg"""),
 ]
 
 
-def write(name: str, cells) -> None:
+NOTEBOOKS = {"quickstart.ipynb": QUICKSTART}
+
+
+def build(name: str, cells) -> nbformat.NotebookNode:
+  """The notebook of `cells`; cell ids are `<stem>-<index>`, so the same cells give the same
+  file (nbformat's default ids are random)."""
   nb = nbformat.v4.new_notebook()
   nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
   nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "markdown"
               else nbformat.v4.new_code_cell(src) for kind, src in cells]
-  nbformat.write(nb, HERE / name)
+  for i, cell in enumerate(nb.cells):
+    cell.id = f"{pathlib.Path(name).stem}-{i}"
+  return nb
+
+
+def write(name: str, cells) -> None:
+  nbformat.write(build(name, cells), HERE / name)
 
 
 if __name__ == "__main__":
-  write("quickstart.ipynb", QUICKSTART)
+  for notebook, notebook_cells in NOTEBOOKS.items():
+    write(notebook, notebook_cells)

@@ -1,5 +1,7 @@
-"""Every notebook in notebooks/ executes top to bottom (its cells assert what they show)."""
+"""Every notebook in notebooks/ is the one make_notebooks.py writes, and executes top to
+bottom (its cells assert what they show)."""
 
+import importlib.util
 import pathlib
 
 import pytest
@@ -7,11 +9,28 @@ import pytest
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+HERE = pathlib.Path(__file__).parents[1] / "notebooks"
+NOTEBOOKS = sorted(HERE.glob("*.ipynb"))
+
+
+def _make_notebooks():
+  spec = importlib.util.spec_from_file_location("make_notebooks", HERE / "make_notebooks.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def test_there_are_notebooks():
   assert NOTEBOOKS
+
+
+def test_notebooks_are_generated_from_make_notebooks():
+  """Each committed notebook is byte for byte what `python notebooks/make_notebooks.py` writes
+  (edit the cells there, then run it)."""
+  make = _make_notebooks()
+  assert sorted(make.NOTEBOOKS) == [p.name for p in NOTEBOOKS]
+  for name, cells in make.NOTEBOOKS.items():
+    assert nbformat.writes(make.build(name, cells)) + "\n" == (HERE / name).read_text(), name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
