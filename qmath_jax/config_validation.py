@@ -105,6 +105,29 @@ class _Checker:
     return self._lookup(path) is _MISSING
 
 
+def _check_optim(c: _Checker):
+  """The AdamW and schedule fields of `config.optim` (`main._optimizer` reads them)."""
+  c.number("optim.lr", positive=True)
+  c.number("optim.end_lr", minimum=0)
+  c.int("optim.warmup_steps", minimum=0)
+  c.string("optim.decay", choices=optimizer_lib.DECAY_SHAPES)
+  c.number("optim.weight_decay", minimum=0)
+  c.number("optim.b1", minimum=0)
+  c.number("optim.b2", minimum=0)
+  c.number("optim.clip_norm", minimum=0)
+
+
+def check_optim_and_checkpoint(config) -> list[str]:
+  """Problems of `config.optim` and of the `checkpoint` fields every training stage reads
+  (`every`, `keep_last`, `async_save`), for stages that train outside `loop.train` (rl)."""
+  c = _Checker(config)
+  _check_optim(c)
+  c.int("checkpoint.every", minimum=1)
+  c.int("checkpoint.keep_last", minimum=1)
+  c.boolean("checkpoint.async_save")
+  return c.problems
+
+
 def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipeline_stages=()):
   """Fields of a pretrain / sft stage."""
   c.int("seed", minimum=0)
@@ -153,14 +176,7 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
   if eval_source == SYNTHETIC:
     c.int("data.num_eval_examples", minimum=1)
 
-  c.number("optim.lr", positive=True)
-  c.number("optim.end_lr", minimum=0)
-  c.int("optim.warmup_steps", minimum=0)
-  c.string("optim.decay", choices=optimizer_lib.DECAY_SHAPES)
-  c.number("optim.weight_decay", minimum=0)
-  c.number("optim.b1", minimum=0)
-  c.number("optim.b2", minimum=0)
-  c.number("optim.clip_norm", minimum=0)
+  _check_optim(c)
   if c._lookup("stage") != "rm":  # the rm loss has no z-loss term
     c.number("optim.z_loss", minimum=0)
 

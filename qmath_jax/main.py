@@ -730,7 +730,7 @@ def _check_rl_stage(config, pending=()) -> list[str]:
     problems.append(f"config.sample.prompt_type: expected 'cot' or 'tir', got "
                     f"{config.sample.prompt_type!r}")
   problems += _check_rm_checkpoint(config, pending)
-  return problems
+  return problems + config_validation.check_optim_and_checkpoint(config)
 
 
 def _episode_problems(problems: list, episode: int, per_episode: int, seed: int) -> list:

@@ -92,6 +92,15 @@ def test_rl_config_errors_name_the_field(tiny_decoder, tmp_path):
   config.data.sources = ()  # the shipped rl.py leaves the queries file to the command line
   with pytest.raises(config_validation.ConfigError, match=r"config\.data\.sources: empty"):
     main.run(config, str(tmp_path))
+  config.data.num_examples = 3
+  config.data.sources = ("synthetic",)
+  config.checkpoint.every = 0  # was a ZeroDivisionError after the first episode's compute
+  config.optim.lr = 0.0
+  with pytest.raises(config_validation.ConfigError) as err:
+    main.run(config, str(tmp_path))
+  assert "config.checkpoint.every: expected an integer >= 1, got 0" in str(err.value)
+  assert "config.optim.lr: expected a number > 0, got 0.0" in str(err.value)
+  assert not (tmp_path / "checkpoints").exists()
 
 
 def test_rl_microbatches_reach_the_train_step(tiny_decoder, tmp_path, monkeypatch):
