@@ -323,6 +323,24 @@ def test_ipc_objects_cannot_outlive_a_program(sandbox, report, contained):
   assert read.output == "-1 -1"
 
 
+def test_kernel_keyrings_are_closed(sandbox, report, contained):
+  """The kernel keyring is not namespaced: a key added to the program user's keyring stayed
+  there for every later program of that user, on every worker and sandbox of the host."""
+  if not report["no_keyring"]:
+    pytest.skip(f"no seccomp keyring filter for {os.uname().machine}")
+  syscalls = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}[os.uname().machine]
+  libc = (f"import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+          f"add_key, request_key, keyctl = {syscalls}\n")
+  plant = sandbox.run(
+      libc + "key = libc.syscall(add_key, b'user', b'qmath-left', b'left for later', 14, -4)\n"
+      "print(key, ctypes.get_errno())")
+  assert plant.output == "-1 1", plant   # EPERM
+  read = sandbox.run_batch([
+      libc + "print(libc.syscall(request_key, b'user', b'qmath-left', None, 0),\n"
+      "      libc.syscall(keyctl, 0, -4, 0))"] * 2)   # KEYCTL_GET_KEYRING_ID
+  assert [r.output for r in read] == ["-1 -1"] * 2
+
+
 def test_without_namespaces_escaped_processes_still_end():
   # The fallback for hosts without namespaces: the worker is a child subreaper and kills
   # generation by generation, so even children that left the process group with setsid() end.

@@ -1,10 +1,11 @@
 """What isolation this host allows, and the command that starts a sandbox worker with it.
 
 Layers, strongest first: Linux namespaces through ``unshare`` (own PID, network, mount, IPC
-and UTS namespaces, SysV IPC and POSIX message queue limits zero inside the IPC one; a user namespace too when not
-running as root), a private read-only root
-built inside the mount namespace, an unprivileged user (``nobody``) for every program when the
-host runs as root, rlimits, an empty environment, a fresh temporary directory per program.
+and UTS namespaces, SysV IPC and POSIX message queue limits zero inside the IPC one; a user
+namespace too when not running as root), a private read-only root built inside the mount
+namespace, an unprivileged user (``nobody``) for every program when the host runs as root,
+a seccomp filter that closes the kernel keyring (not namespaced), rlimits, an empty
+environment, a fresh temporary directory per program.
 ``bwrap`` is detected and reported, but workers use ``unshare``: the worker must be root inside
 its namespaces to build the private root and drop each program to the unprivileged user.
 """

@@ -278,6 +278,7 @@ class PythonSandbox:
         "pid_namespace": bool(layers.get("pid_namespace")),
         "no_network": bool(layers.get("no_network")),
         "no_lasting_ipc": bool(layers.get("no_lasting_ipc")),
+        "no_keyring": bool(layers.get("no_keyring")),
         "network_interfaces": layers.get("network_interfaces", []),
         "mount_namespace": self._namespaces,
         "private_root": bool(layers.get("private_root")),

@@ -13,7 +13,8 @@ fixed settings only), usually inside fresh PID, network, mount, IPC and UTS name
 
 Per job the worker forks a child that starts its own session (process group), lowers its
 rlimits, drops to the unprivileged user, closes every inherited descriptor, clears the
-environment, works in a fresh temporary directory and executes the program. After the job,
+environment, closes the kernel keyring with a seccomp filter, works in a fresh temporary
+directory and executes the program. After the job,
 every process the job left behind is killed and reaped (all of the PID namespace when the
 worker is its init, else generation by generation as a child subreaper), the temporary
 directory is removed and the private /tmp emptied.
@@ -64,6 +65,12 @@ _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+# add_key, request_key, keyctl per machine, with the seccomp audit arch of its syscalls.
+_KEYRING_SYSCALLS = {"x86_64": (0xC000003E, (248, 249, 250)),
+                     "aarch64": (0xC00000B7, (217, 218, 219))}
+_X32_SYSCALL_BIT = 0x40000000
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 _DEVICES = ("null", "zero", "full", "random", "urandom")
 # Run once after preloading, so the lazy imports and caches of the first call are paid in the
@@ -316,6 +323,7 @@ def set_up(config: dict) -> dict:
   layers["pid_namespace"] = os.getpid() == 1
   # Only in a namespace of our own: as root on the host this would change the host's limits.
   layers["no_lasting_ipc"] = layers["pid_namespace"] and _forbid_lasting_ipc()
+  layers["no_keyring"] = _keyring_filter_works()
   if not layers["pid_namespace"]:
     _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
   interfaces = _network_interfaces()
@@ -361,6 +369,57 @@ def _seed_generators() -> None:
     module = sys.modules.get(name)
     if module is not None:
       module.seed(RANDOM_SEED)
+
+
+class _SockFilter(ctypes.Structure):
+  _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+              ("k", ctypes.c_uint)]
+
+
+class _SockFprog(ctypes.Structure):
+  _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def deny_keyring_syscalls() -> None:
+  """Installs a seccomp filter under which add_key, request_key and keyctl fail with EPERM.
+
+  The kernel keyring is not namespaced: a key a program adds to its user's keyring stays
+  there for every later program of that user, on every worker (Docker's default seccomp
+  profile denies these calls for the same reason). Needs no_new_privs or CAP_SYS_ADMIN;
+  raises OSError when the kernel refuses, KeyError on a machine without a syscall table here.
+  """
+  arch, numbers = _KEYRING_SYSCALLS[os.uname().machine]
+  load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06   # BPF_LD|W|ABS, BPF_JMP|JEQ|K, |JGE|K, BPF_RET|K
+  allow, deny = 0x7FFF0000, 0x00050000 | 1       # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+  checks = [(jge, _X32_SYSCALL_BIT)] * (arch == 0xC000003E) + [(jeq, n) for n in numbers]
+  # [0] arch, [1] another arch (32-bit calls, keyctl under other numbers): deny, [2] nr,
+  # checks jumping to deny, allow, deny.
+  program = [(load, 0, 0, 4), (jeq, 0, len(checks) + 2, arch), (load, 0, 0, 0)]
+  program += [(op, len(checks) - i, 0, k) for i, (op, k) in enumerate(checks)]
+  program += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+  filters = (_SockFilter * len(program))(*program)
+  fprog = _SockFprog(len(program), filters)
+  libc = _libc()
+  if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+    errno = ctypes.get_errno()
+    raise OSError(errno, f"seccomp filter refused: {os.strerror(errno)}")
+
+
+def _keyring_filter_works() -> bool:
+  """Whether deny_keyring_syscalls works here (tried in a throwaway child)."""
+  if os.uname().machine not in _KEYRING_SYSCALLS:
+    return False
+  pid = os.fork()
+  if pid == 0:
+    code = 1
+    try:
+      _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+      deny_keyring_syscalls()
+      code = 0
+    finally:
+      os._exit(code)  # pylint: disable=protected-access
+  _, status = os.waitpid(pid, 0)
+  return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def _report(result: dict) -> None:
@@ -487,6 +546,8 @@ def run_job(job: dict, config: dict, layers: dict) -> dict:
     try:
       os.close(read_fd)
       _isolate(config, write_fd, workdir)
+      if layers.get("no_keyring"):
+        deny_keyring_syscalls()
       _seed_generators()
       status = 0
       _report(execute(job["code"], job.get("prelude", ())))
