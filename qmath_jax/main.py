@@ -419,6 +419,8 @@ def run_pipeline(config, workdir: str) -> dict:
     sub = ml_collections.ConfigDict(config[name].to_dict())
     sub.tokenizer.path = tokenizer_path
     sub.seed = config.seed
+    if sub.stage == "eval":  # the eval stage draws its samples with eval.seed
+      sub.eval.seed = config.seed
     if config.get("synthetic"):
       sub.synthetic = config.synthetic
     if sub.init.checkpoint in config.stages:

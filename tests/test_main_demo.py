@@ -73,3 +73,13 @@ def test_pipeline_seed_reaches_every_stage(tmp_path, monkeypatch):
                         lambda sub, workdir: seeds.update({sub.stage: sub.seed}) or {})
   main.run_pipeline(config, str(tmp_path / "demo"))
   assert seeds == {"pretrain": 3, "sft": 3}
+
+  # An eval stage samples with eval.seed: the pipeline's seed is that one.
+  config.stages = ("pretrain", "eval")
+  config.eval = load_config("eval.py", "mode=maj8")
+  config.eval.init.checkpoint = "pretrain"
+  monkeypatch.setitem(main.STAGES, "eval", lambda sub, workdir: seeds.update(
+      {"eval": (sub.seed, sub.eval.seed)}) or {})
+  monkeypatch.setitem(main.STAGE_CHECKS, "eval", lambda sub: [])
+  main.run_pipeline(config, str(tmp_path / "demo"))
+  assert seeds["eval"] == (3, 3)
