@@ -108,13 +108,13 @@ def _stage_texts(config) -> list[str]:
 
 
 def _tokenizer(config, workdir: str):
-  """Loads `tokenizer.path`, or trains (once) a sentencepiece model into the workdir."""
+  """Loads `tokenizer.path`, or trains (once, on the writer) a sentencepiece model into the
+  workdir."""
   if config.tokenizer.path:
     return tokenizer_lib.load_tokenizer(config.tokenizer.path)
   path = os.path.join(workdir, TOKENIZER_FILE)
-  if not os.path.exists(path):
-    tokenizer_lib.train_sentencepiece(_stage_texts(config), config.tokenizer.train_vocab_size,
-                                      path)
+  hosts.write_once(lambda: os.path.exists(path) or tokenizer_lib.train_sentencepiece(
+      _stage_texts(config), config.tokenizer.train_vocab_size, path), "tokenizer trained")
   return tokenizer_lib.load_tokenizer(path)
 
 
@@ -392,7 +392,7 @@ def run_pipeline(config, workdir: str) -> dict:
   tokenizer that earlier stages will write taken as present); rl, sample and eval stages
   again when the pipeline reaches them, once those inputs exist.
 
-  A tokenizer is trained first (once) into `<workdir>/tokenizer.model` when
+  A tokenizer is trained first (once, by the writer process) into `<workdir>/tokenizer.model` when
   `tokenizer.train_vocab_size` > 0 and no path is given, on synthetic documents and rendered
   conversations; every stage then uses it. The pipeline's `seed` is every stage's seed, so
   `--config.seed` reruns the whole pipeline with other draws. A stage's `init.checkpoint`
@@ -405,7 +405,10 @@ def run_pipeline(config, workdir: str) -> dict:
   tokenizer_path = config.tokenizer.path
   if not tokenizer_path:
     tokenizer_path = os.path.join(workdir, TOKENIZER_FILE)
-    if not os.path.exists(tokenizer_path):
+
+    def train_tokenizer():
+      if os.path.exists(tokenizer_path):
+        return
       n = config.tokenizer.num_documents
       knobs = synthetic_config(config)
       texts = synthetic.corpus(n, seed=config.seed, cfg=knobs) + [
@@ -414,6 +417,8 @@ def run_pipeline(config, workdir: str) -> dict:
                                                                   cfg=knobs))]
       tokenizer_lib.train_sentencepiece(texts, config.tokenizer.train_vocab_size,
                                         tokenizer_path)
+
+    hosts.write_once(train_tokenizer, "pipeline tokenizer trained")
   results = {}
   for name in config.stages:
     sub = ml_collections.ConfigDict(config[name].to_dict())
