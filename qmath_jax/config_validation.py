@@ -196,9 +196,15 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
 
   tok_path = c.string("tokenizer.path")
   vocab = c.int("tokenizer.train_vocab_size", minimum=0)
+  inits = {k: c._lookup(f"init.{k}") for k in ("checkpoint", "params_dir", "hf_dir")}
+  init_given = [k for k, v in inits.items() if v and isinstance(v, str)]
   if tok_path:
     if not os.path.exists(tok_path):
       c.fail("tokenizer.path", f"{tok_path!r} does not exist")
+  elif not in_pipeline and init_given:
+    c.fail("tokenizer.path", f"init.{init_given[0]} gives the model, so give the tokenizer it "
+           "was trained with; one trained here would give its ids to other pieces than the "
+           "model's embedding learned")
   elif not in_pipeline and vocab == 0:
     c.fail("tokenizer.path", "give a tokenizer path, or tokenizer.train_vocab_size > 0 to "
            "train a sentencepiece model")

@@ -190,3 +190,17 @@ def test_command_line_override_of_a_missing_field_names_it(tmp_path):
   assert main._unknown_override(["prog", "--config.seed.x=1"], config) == (  # pylint: disable=protected-access
       "flag --config.seed.x=1: config.seed is 0, not a config with fields")
   assert main._unknown_override(["prog", "--config.seed=1"], config) is None  # pylint: disable=protected-access
+
+
+def test_a_stage_from_init_params_needs_their_tokenizer(tiny_decoder, tmp_path):
+  """With init.* and no tokenizer.path, a train stage trained a new sentencepiece model on its
+  own texts: its ids name other pieces than the ones the loaded embedding learned."""
+  config = ml_collections.ConfigDict(load_config("demo.py", "quick=1").sft.to_dict())
+  config.init.checkpoint = ""
+  config.init.params_dir = tiny_decoder[1]
+  config.tokenizer.train_vocab_size = 384
+  message = _run_expecting(config, tmp_path, "config.tokenizer.path: init.params_dir gives the "
+                           "model, so give the tokenizer it was trained with")
+  assert message.count("config.tokenizer.path") == 1
+  config.tokenizer.path = tiny_decoder[0]
+  config_validation.validate(config, main.STAGES, jax.device_count(), main.STAGE_CHECKS)
