@@ -80,8 +80,9 @@ def test_missing_init_checkpoint_and_wrong_types(tmp_path):
                            "config.train.total_steps: expected an integer, got '100'",
                            "config.optim.lr: expected a number, got 'fast'",
                            "config.mesh.shape:",
-                           "config.data.mask_tool_outputs: expected true or false, got 'yes'")
-  assert message.count("\n") == 5  # one line per problem
+                           "config.data.mask_tool_outputs: expected true or false, got 'yes'",
+                           "config.tokenizer.path: init.checkpoint gives the model")
+  assert message.count("\n") == 6  # one line per problem
 
 
 def test_pipeline_stage_errors_name_the_sub_config(tmp_path):
