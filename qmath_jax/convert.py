@@ -20,7 +20,6 @@ import dataclasses
 import json
 import pathlib
 import shutil
-import tempfile
 
 from absl import app
 from absl import flags
@@ -28,6 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from qmath_jax import hf
+from qmath_jax.data import records
 from qmath_jax.model.config import ModelConfig
 
 CONFIG_FILE = "model_config.json"
@@ -41,8 +41,7 @@ def save_params(out_dir, cfg: ModelConfig, params) -> pathlib.Path:
   out_dir = pathlib.Path(out_dir).absolute()
   if out_dir.exists():
     raise FileExistsError(f"{out_dir} exists; choose a new output directory")
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+  tmp = records.temp_dir_beside(out_dir)
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(tmp / PARAMS_DIR, params)

@@ -1,6 +1,8 @@
 """Sources: schema mapping, bad rows, the real data directory, TFDS array_record round trip."""
 
 import json
+import os
+import stat
 
 import grain
 import pytest
@@ -194,6 +196,18 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     records.write_atomic(path, "half\ud800")   # a lone surrogate cannot be UTF-8
   assert path.read_text(encoding="utf-8") == '{"q": "数"}\n{"q": 2}\n'
   assert sorted(p.name for p in path.parent.iterdir()) == ["rows.jsonl"]
+
+
+def test_atomic_outputs_get_the_umask_mode_not_a_private_one(tmp_path):
+  old_umask = os.umask(0o027)
+  try:
+    records.write_atomic(tmp_path / "report.json", "{}")
+    written = records.temp_dir_beside(tmp_path / "export")
+  finally:
+    os.umask(old_umask)
+  assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o640  # not mkstemp's 0600
+  assert stat.S_IMODE(written.stat().st_mode) == 0o750  # not mkdtemp's 0700
+  assert written.parent == tmp_path and written.name.startswith(".export.tmp-")
 
 
 def test_problem_jsonl_bad_rows_name_file_line_and_field(tmp_path):

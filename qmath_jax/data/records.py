@@ -82,6 +82,32 @@ def read_jsonl(path: str | os.PathLike, bad_rows: BadRows) -> Iterator[tuple[int
       yield line_no, row
 
 
+def _umask() -> int:
+  """The process umask, read without changing it where Linux shows it."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  umask = os.umask(0o022)
+  os.umask(umask)
+  return umask
+
+
+def temp_dir_beside(target: pathlib.Path) -> pathlib.Path:
+  """A new hidden directory next to `target`, to write into and then rename to `target`.
+
+  It gets the mode `mkdir` would give (`tempfile.mkdtemp` makes it private, 0700, and a rename
+  keeps that: nobody else could read the written checkpoint).
+  """
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+  tmp.chmod(0o777 & ~_umask())
+  return tmp
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
   """Writes ``data`` to ``path`` through a temporary file in the same directory and a rename.
 
@@ -92,6 +118,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
   try:
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename
     with os.fdopen(fd, "wb") as f:
       f.write(data.encode("utf-8") if isinstance(data, str) else data)
       f.flush()

@@ -14,11 +14,11 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 
 import jax
 import numpy as np
 
+from qmath_jax.data import records
 from qmath_jax.hf import config_io, mapping
 from qmath_jax.hf.safetensors_io import SafetensorsError, SafetensorsFile, write
 from qmath_jax.model.config import ModelConfig
@@ -226,8 +226,7 @@ def _save(cfg: ModelConfig, params, hf_dir, dtype: str | None, max_shard_bytes: 
     shards[-1].append(tensor)
     size += nbytes
 
-  hf_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{hf_dir.name}.tmp-", dir=hf_dir.parent))
+  tmp = records.temp_dir_beside(hf_dir)
   try:
     if len(shards) == 1:
       write(tmp / SINGLE_FILE, shards[0], metadata={"format": "pt"})
