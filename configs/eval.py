@@ -62,5 +62,5 @@ def get_config(arg=None):
   c.scorer.max_length = 4096
   c.sandbox = ml_collections.ConfigDict()
   c.sandbox.timeout = 5.0     # seconds per program (SPEC)
-  c.sandbox.num_workers = 0   # 0: one per core
+  c.sandbox.num_workers = 0   # 0: min(4, cores)
   return c

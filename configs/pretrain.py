@@ -1,7 +1,8 @@
 r"""Pretraining (SPEC §2): next-token loss on packed 4K rows of math text.
 
     python -m qmath_jax.main --config=configs/pretrain.py:model=qwen2.5-math-1.5b \
-        --config.data.source=/data/corpus.jsonl --config.tokenizer.path=/ckpt/tokenizer.json
+        --workdir=/runs/pt --config.data.source=/data/corpus.jsonl \
+        --config.tokenizer.path=/ckpt/tokenizer.json
 
 The report gives no pretraining batch size or learning rate for these models (it continues
 from Qwen2.5 base checkpoints); the defaults here (batch 512 x 4096 tokens, peak 3e-4, cosine

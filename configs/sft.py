@@ -1,8 +1,9 @@
 r"""SFT rounds (SPEC §3.1): assistant-only loss, 3 epochs, 4096 tokens, lr decaying to 7e-7.
 
     python -m qmath_jax.main --config=configs/sft.py:model=qwen2.5-math-7b,round=1 \
-        --config.init.hf_dir=/ckpt/Qwen2.5-Math-7B --config.data.source=/data/sft_r1.jsonl \
-        --config.tokenizer.path=/ckpt/Qwen2.5-Math-7B --config.train.total_steps=N
+        --workdir=/runs/sft_r1 --config.init.hf_dir=/ckpt/Qwen2.5-Math-7B \
+        --config.data.source=/data/sft_r1.jsonl --config.tokenizer.path=/ckpt/Qwen2.5-Math-7B \
+        --config.train.total_steps=N
 
 Batch 128 and peak lr 2e-5 for 1.5B/7B, batch 256 and 5e-6 for 72B (SPEC). Every round starts
 from the base model (`init.hf_dir`); a round differs by its data (round r+1's responses come

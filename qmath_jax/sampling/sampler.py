@@ -2,7 +2,7 @@
 
     sampler = Sampler(cfg, params, tokenizer, mesh=None)
     completions = sampler.generate(prompts, n=8, temperature=0.7, top_p=0.8,
-                                   max_new_tokens=2048, stop=["```\n"], seed=0)
+                                   max_new_tokens=2048, stop=["```"], seed=0)
     completions[i][j]   # the j-th of n Completions of prompt i (qmath_jax.sampling.types)
 
 How a call runs:
