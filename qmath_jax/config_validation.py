@@ -235,6 +235,18 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
            "config.json)")
 
 
+def _configured_vocab(sub) -> int | None:
+  """The vocab size of a train stage's model when its config sets it (no init.*), else None."""
+  init = sub.get("init") or {}
+  if any(init.get(k) for k in ("checkpoint", "params_dir", "hf_dir")):
+    return None  # the init's model config decides
+  model = sub.get("model") or {}
+  vocab, preset = model.get("vocab_size"), model.get("preset")
+  if _is_int(vocab) and vocab > 0:
+    return vocab
+  return presets.get_config(preset).vocab_size if preset in presets.names() else None
+
+
 # The tokenizer a pipeline trains before its first stage, as its stages see it when checked.
 PIPELINE_TOKENIZER = "<tokenizer trained by the pipeline>"
 
@@ -286,8 +298,13 @@ def validate(config, stages: Collection[str], num_devices: int,
                               not all(isinstance(n, str) for n in names)):
       c.fail("stages", f"expected a non-empty list of stage names, got {names!r}")
       names = None
-    c.string("tokenizer.path")
-    c.int("tokenizer.train_vocab_size", minimum=0)
+    tok_path = c.string("tokenizer.path")
+    pipeline_vocab = c.int("tokenizer.train_vocab_size", minimum=0)
+    if not tok_path:  # the pipeline trains the tokenizer every stage uses
+      if pipeline_vocab == 0:
+        c.fail("tokenizer.train_vocab_size", "expected > 0 to train the pipeline's tokenizer, "
+               "or give tokenizer.path")
+      c.int("tokenizer.num_documents", minimum=1)
     for i, name in enumerate(names or ()):
       sub = c.get(name)
       if sub is None:
@@ -308,6 +325,10 @@ def validate(config, stages: Collection[str], num_devices: int,
       _check_train_stage(sub_checker, num_devices, in_pipeline=True,
                          pipeline_stages=tuple(names[:i]))
       c.problems.extend(sub_checker.problems)
+      model_vocab = _configured_vocab(sub)
+      if not tok_path and pipeline_vocab and model_vocab and pipeline_vocab > model_vocab:
+        c.fail("tokenizer.train_vocab_size", f"{pipeline_vocab} exceeds the vocab_size "
+               f"{model_vocab} of the {name!r} stage's model")
   if stage == "pipeline" and c._lookup("report") is not _MISSING:
     report_stages = c.get("report.stages")
     if (not isinstance(report_stages, (tuple, list)) or not report_stages

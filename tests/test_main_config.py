@@ -205,3 +205,16 @@ def test_a_stage_from_init_params_needs_their_tokenizer(tiny_decoder, tmp_path):
   assert message.count("config.tokenizer.path") == 1
   config.tokenizer.path = tiny_decoder[0]
   config_validation.validate(config, main.STAGES, jax.device_count(), main.STAGE_CHECKS)
+
+
+def test_pipeline_tokenizer_fits_its_stages_models(tmp_path):
+  """The pipeline's tokenizer is every stage's: one larger than the first stage's model failed
+  only after it was trained, with a ValueError naming no field."""
+  config = load_config("demo.py", "quick=1")
+  config.tokenizer.train_vocab_size = 1024
+  _run_expecting(config, tmp_path, "config.tokenizer.train_vocab_size: 1024 exceeds the "
+                 "vocab_size 384 of the 'pretrain' stage's model")
+  config.tokenizer.train_vocab_size = 0  # and no tokenizer.path
+  config.tokenizer.num_documents = 0
+  _run_expecting(config, tmp_path, "config.tokenizer.train_vocab_size: expected > 0 to train",
+                 "config.tokenizer.num_documents: expected an integer >= 1, got 0")
