@@ -19,7 +19,7 @@ from qmath_jax.parallel import mesh as mesh_lib
 from qmath_jax.train import optimizer as optimizer_lib
 
 TRAIN_STAGES = ("pretrain", "sft", "rm")
-REPORT_STAGES = ("pretrain", "sft", "rl")  # their checkpoints hold a decoder to sample
+DECODER_STAGES = ("pretrain", "sft", "rl")  # their checkpoints hold a decoder to sample
 SYNTHETIC = "synthetic"
 _MISSING = object()
 
@@ -235,6 +235,20 @@ def _check_train_stage(c: _Checker, num_devices: int, in_pipeline: bool, pipelin
            "config.json)")
 
 
+def _check_stage_references(c: _Checker, name: str, sub, earlier: Sequence[str]):
+  """A pipeline stage's `init.checkpoint` naming an earlier stage must name a run whose
+  checkpoints hold a decoder, and its `scorer.rm_checkpoint` one that holds a reward model."""
+  sub_checker = _Checker(sub)
+  for field, kinds, holds in (("init.checkpoint", DECODER_STAGES, "decoder"),
+                              ("scorer.rm_checkpoint", ("rm",), "reward model")):
+    target = sub_checker._lookup(field)
+    if isinstance(target, str) and target in earlier:
+      kind = c._lookup(f"{target}.stage")
+      if kind not in kinds:
+        c.fail(f"{name}.{field}", f"names the {target!r} stage, a {kind!r} run, whose "
+               f"checkpoints hold no {holds}; expected a stage of kind {list(kinds)}")
+
+
 def _configured_vocab(sub) -> int | None:
   """The vocab size of a train stage's model when its config sets it (no init.*), else None."""
   init = sub.get("init") or {}
@@ -310,6 +324,8 @@ def validate(config, stages: Collection[str], num_devices: int,
       if sub is None:
         continue
       sub_stage = sub.get("stage") if isinstance(sub, ml_collections.ConfigDict) else None
+      if sub_stage is not None:
+        _check_stage_references(c, name, sub, names[:i])
       if sub_stage in (stage_checks or {}) and sub_stage != "pipeline":
         # Checked now, taking what earlier stages write (their run directories, the trained
         # tokenizer) as present, and again when the pipeline reaches it.
@@ -338,9 +354,9 @@ def validate(config, stages: Collection[str], num_devices: int,
     else:  # the report samples each stage's latest params: a decoder's
       for name in report_stages:
         sub_stage = c._lookup(f"{name}.stage")
-        if sub_stage not in REPORT_STAGES:
+        if sub_stage not in DECODER_STAGES:
           c.fail("report.stages", f"{name!r} is a {sub_stage!r} stage, whose run has no decoder "
-                 f"to sample; expected stages of kind {list(REPORT_STAGES)}")
+                 f"to sample; expected stages of kind {list(DECODER_STAGES)}")
     c.int("report.num_problems", minimum=0)
     c.int("report.max_new_tokens", minimum=1)
   if c.problems:

@@ -595,9 +595,18 @@ def _check_rm_checkpoint(config, pending=()) -> list[str]:
   reward-model directory (config.json naming Qwen2ForRewardModel, e.g. Qwen2.5-Math-RM-72B)."""
   from qmath_jax import hf  # pylint: disable=g-import-not-at-top
   rm = config.scorer.rm_checkpoint
-  if (not rm or rm in pending or os.path.isdir(os.path.join(rm, loop.CHECKPOINT_DIR))
-      or hf.is_reward_model(rm)):
+  if not rm or rm in pending or hf.is_reward_model(rm):
     return []
+  if os.path.isdir(os.path.join(rm, loop.CHECKPOINT_DIR)):
+    try:
+      stage = _init_run_meta(rm).get("stage")
+    except FileNotFoundError:
+      stage = None
+    if stage == "rm":
+      return []
+    if stage is not None:
+      return [f"config.scorer.rm_checkpoint: {rm!r} is a {stage!r} run, whose checkpoints hold "
+              "a decoder, not a reward model (expected an rm run's workdir)"]
   return [f"config.scorer.rm_checkpoint: no checkpoints in {rm!r} (expected an rm run's "
           "workdir, or a Hugging Face reward-model directory whose config.json names "
           "Qwen2ForRewardModel)"]

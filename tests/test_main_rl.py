@@ -162,3 +162,37 @@ def test_sigterm_saves_the_finished_episode(tiny_decoder, tmp_path, monkeypatch)
   checkpointer = checkpoint_lib.Checkpointer(tmp_path / "checkpoints")
   assert checkpointer.latest_step() == 1
   checkpointer.close()
+
+
+def test_scorer_must_be_a_reward_model_run(tiny_decoder, tmp_path):
+  """An SFT run's workdir as scorer.rm_checkpoint passed the check (it has checkpoints) and
+  failed only when the first rollout was scored with decoder params."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path / "sft_run" / "checkpoints",
+                                             async_save=False)
+  checkpointer.save(1, {"w": jnp.zeros(2)}, meta={"stage": "sft"})
+  checkpointer.close()
+  config = _config(tiny_decoder, episodes=1)
+  config.scorer.rm_checkpoint = str(tmp_path / "sft_run")
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"config\.scorer\.rm_checkpoint: .*sft_run' is a 'sft' run, whose "
+                     "checkpoints hold a decoder"):
+    main.run(config, str(tmp_path / "rl"))
+  (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+  config.scorer.rm_checkpoint = str(tmp_path / "empty")
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"config\.scorer\.rm_checkpoint: no checkpoints in"):
+    main.run(config, str(tmp_path / "rl"))
+
+
+def test_pipeline_references_name_stages_of_the_right_kind(tmp_path):
+  config = load_config("demo.py", "quick=1")
+  config.rl.scorer.rm_checkpoint = "sft"  # a decoder, not a reward model
+  config.rl.init.checkpoint = "rm"        # a reward model, not a decoder
+  with pytest.raises(config_validation.ConfigError) as err:
+    main.run(config, str(tmp_path / "demo"))
+  assert ("config.rl.scorer.rm_checkpoint: names the 'sft' stage, a 'sft' run, whose "
+          "checkpoints hold no reward model") in str(err.value)
+  assert ("config.rl.init.checkpoint: names the 'rm' stage, a 'rm' run, whose checkpoints "
+          "hold no decoder") in str(err.value)
+  assert not (tmp_path / "demo").exists()
