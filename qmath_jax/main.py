@@ -523,14 +523,51 @@ def _prompt_sampler(config, sampler, tokenizer, prompt_type: str):
     yield tir.TirSampler(sampler, tokenizer, sandbox)
 
 
+EVAL_MODELS_FILE = "eval_models.json"
+
+
+def _params_source(path: str) -> dict:
+  """Which params `path` gives: the directory, and for a run's workdir its latest step."""
+  source = {"path": os.path.abspath(path)}
+  if os.path.isdir(os.path.join(path, loop.CHECKPOINT_DIR)):
+    checkpointer = checkpoint_lib.Checkpointer(os.path.join(path, loop.CHECKPOINT_DIR))
+    try:
+      source["step"] = checkpointer.latest_step()
+    finally:
+      checkpointer.close()
+  return source
+
+
+def _check_eval_models(config, workdir: str) -> None:
+  """Records in `<workdir>/eval_models.json` which policy and RM made its cached samples and
+  scores; raises ValueError when they were made by others (a rerun would report them as this
+  model's)."""
+  init = next(config.init[k] for k in ("checkpoint", "params_dir", "hf_dir") if config.init[k])
+  models = {"policy": _params_source(init), "rm": (
+      _params_source(config.scorer.rm_checkpoint) if config.scorer.rm_checkpoint else None)}
+  path = os.path.join(workdir, EVAL_MODELS_FILE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      recorded = json.load(f)
+    if recorded != models:
+      raise ValueError(f"{path}: the cached samples of {workdir} were made by {recorded}, not "
+                       f"{models}; use another workdir or delete its samples/ and {path}")
+  os.makedirs(workdir, exist_ok=True)
+  hosts.write_once(lambda: os.path.exists(path) or records.write_atomic(
+      path, json.dumps(models, indent=1)), "eval models recorded")
+
+
 @register_stage("eval", check=_check_eval_stage)
 def run_eval_stage(config, workdir: str) -> dict:
   """Greedy / maj@N / RM@N / pass@k on the benchmarks with `config.init`'s params (CoT or TIR).
 
   Writes `<workdir>/samples/<dataset>.jsonl` (resumable), `eval_results.json`,
   `eval_report.md` and `eval_scores.png`; returns the headline metric and group averages.
+  A rerun reuses the cached samples only when the same params made them (`eval_models.json`:
+  the init and RM paths, and a run's latest step).
   """
   from qmath_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+  _check_eval_models(config, workdir)
   sampler, tokenizer, _ = _init_sampler(config)
   eval_config = runner.EvalConfig.from_mapping(config.eval)
   score_fn = None

@@ -71,3 +71,18 @@ def test_eval_config_errors_before_compute(tiny_run, tmp_path):
   assert "unknown ['nope']" in message
   assert "config.mesh.shape" in message
   assert not list(tmp_path.iterdir())
+
+
+def test_eval_rerun_with_other_params_does_not_reuse_their_samples(tiny_run, data_dir, tmp_path):
+  """The cached samples' fingerprint holds the sampling settings, not the model: a rerun in the
+  same workdir with other params reported the old model's scores as theirs."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  config = _config(tiny_run, data_dir, datasets=("gsm8k",))
+  first = main.run(config, str(tmp_path / "eval"))
+  assert main.run(config, str(tmp_path / "eval")) == first  # same params: the cache serves
+  other = tmp_path / "other_params"
+  shutil.copytree(tiny_run[1], other)
+  config.init.params_dir = str(other)
+  with pytest.raises(ValueError, match=r"eval_models\.json: the cached samples of .* were made "
+                     r"by \{'policy': \{'path': '.*params'\}, 'rm': None\}"):
+    main.run(config, str(tmp_path / "eval"))
