@@ -523,7 +523,7 @@ def _prompt_sampler(config, sampler, tokenizer, prompt_type: str):
     yield tir.TirSampler(sampler, tokenizer, sandbox)
 
 
-EVAL_MODELS_FILE = "eval_models.json"
+MODELS_FILE = "models.json"
 
 
 def _params_source(path: str) -> dict:
@@ -538,23 +538,23 @@ def _params_source(path: str) -> dict:
   return source
 
 
-def _check_eval_models(config, workdir: str) -> None:
-  """Records in `<workdir>/eval_models.json` which policy and RM made its cached samples and
-  scores; raises ValueError when they were made by others (a rerun would report them as this
-  model's)."""
+def _check_models(config, workdir: str) -> None:
+  """Records in `<workdir>/models.json` which policy and RM make a sampling stage's outputs
+  (eval's cached samples, a finished round's files); raises ValueError when others made them:
+  a rerun would report those as this model's."""
   init = next(config.init[k] for k in ("checkpoint", "params_dir", "hf_dir") if config.init[k])
   models = {"policy": _params_source(init), "rm": (
       _params_source(config.scorer.rm_checkpoint) if config.scorer.rm_checkpoint else None)}
-  path = os.path.join(workdir, EVAL_MODELS_FILE)
+  path = os.path.join(workdir, MODELS_FILE)
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       recorded = json.load(f)
     if recorded != models:
-      raise ValueError(f"{path}: the cached samples of {workdir} were made by {recorded}, not "
-                       f"{models}; use another workdir or delete its samples/ and {path}")
+      raise ValueError(f"{path}: the samples in {workdir} were made by {recorded}, not "
+                       f"{models}; use another workdir, or empty this one")
   os.makedirs(workdir, exist_ok=True)
   hosts.write_once(lambda: os.path.exists(path) or records.write_atomic(
-      path, json.dumps(models, indent=1)), "eval models recorded")
+      path, json.dumps(models, indent=1)), "models recorded")
 
 
 @register_stage("eval", check=_check_eval_stage)
@@ -563,11 +563,11 @@ def run_eval_stage(config, workdir: str) -> dict:
 
   Writes `<workdir>/samples/<dataset>.jsonl` (resumable), `eval_results.json`,
   `eval_report.md` and `eval_scores.png`; returns the headline metric and group averages.
-  A rerun reuses the cached samples only when the same params made them (`eval_models.json`:
-  the init and RM paths, and a run's latest step).
+  A rerun reuses the cached samples only when the same params made them (`models.json`: the
+  init and RM paths, and a run's latest step).
   """
   from qmath_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
-  _check_eval_models(config, workdir)
+  _check_models(config, workdir)
   sampler, tokenizer, _ = _init_sampler(config)
   eval_config = runner.EvalConfig.from_mapping(config.eval)
   score_fn = None
@@ -700,10 +700,11 @@ def run_sample_stage(config, workdir: str) -> dict:
   `data.source`); "rm": graded lists -> `<workdir>/rm.jsonl` (the rm stage's `data.source`);
   "rl": queries with 2 to 5 of 8 right -> `<workdir>/queries.jsonl`. Each also writes
   `problems.jsonl` (per-problem counts) and `summary.json`, last. A rerun in a workdir that
-  has the `summary.json` of the same round returns it and samples nothing.
+  has the `summary.json` of the same round, made by the same params (`models.json`), returns it
+  and samples nothing.
   """
   from qmath_jax.rounds import graded, rejection, rl_queries, rm_data  # pylint: disable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
+  _check_models(config, workdir)
   problems = _problems(config, keep_empty_answers=config.task == "sft")
   sample_cfg = graded.SampleConfig(**config.sample.to_dict(), seed=config.seed)
   summary = _finished_round(workdir, config.task, sample_cfg)

@@ -83,6 +83,6 @@ def test_eval_rerun_with_other_params_does_not_reuse_their_samples(tiny_run, dat
   other = tmp_path / "other_params"
   shutil.copytree(tiny_run[1], other)
   config.init.params_dir = str(other)
-  with pytest.raises(ValueError, match=r"eval_models\.json: the cached samples of .* were made "
+  with pytest.raises(ValueError, match=r"models\.json: the samples in .* were made "
                      r"by \{'policy': \{'path': '.*params'\}, 'rm': None\}"):
     main.run(config, str(tmp_path / "eval"))

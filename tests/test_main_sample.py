@@ -1,6 +1,7 @@
 """The sample stage end to end: a tiny model's graded responses become the next round's files."""
 
 import json
+import shutil
 
 import pytest
 from conftest import load_config
@@ -85,4 +86,10 @@ def test_rerun_of_a_finished_round_keeps_its_files(tiny_decoder, tmp_path, monke
   rm_config = small(load_config("sample.py", "task=rm"), tiny_decoder, problems=2)
   with pytest.raises(ValueError, match=r"summary\.json: a finished sample round made with"):
     main.run(rm_config, str(tmp_path))
+  config.sample.temperature = first["summary"]["config"]["sample"]["temperature"]
+  other = tmp_path / "other_params"  # the same round's settings, another model's params
+  shutil.copytree(tiny_decoder[1], other)
+  config.init.params_dir = str(other)
+  with pytest.raises(ValueError, match=r"models\.json: the samples in .* were made by"):
+    main.run(config, str(tmp_path))
   assert {name: (tmp_path / name).read_bytes() for name in files} == files
