@@ -761,6 +761,18 @@ def _check_rl_stage(config, pending=()) -> list[str]:
     if not isinstance(rl[field], int) or rl[field] < (2 if field == "group_size" else 1):
       problems.append(f"config.rl.{field}: expected an integer >= "
                       f"{2 if field == 'group_size' else 1}, got {rl[field]!r}")
+  if not isinstance(rl.minibatch_rows, int) or rl.minibatch_rows < 0:
+    problems.append("config.rl.minibatch_rows: expected an integer >= 0 (0: one optimizer step "
+                    f"per episode), got {rl.minibatch_rows!r}")
+  numbers = {"rl.clip_eps": ("a number > 0", lambda v: v > 0),
+             "rl.kl_beta": ("a number >= 0", lambda v: v >= 0),
+             "sample.temperature": ("a number >= 0", lambda v: v >= 0),
+             "sample.top_p": ("a number in (0, 1]", lambda v: 0 < v <= 1)}
+  for field, (expected, ok) in numbers.items():
+    section, key = field.split(".")
+    value = config[section][key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+      problems.append(f"config.{field}: expected {expected}, got {value!r}")
   microbatches = config.optim.num_microbatches
   if not isinstance(microbatches, int) or microbatches < 1:
     problems.append(f"config.optim.num_microbatches: expected an integer >= 1, got "

@@ -76,8 +76,19 @@ def test_rl_config_errors_name_the_field(tiny_decoder, tmp_path):
     main.run(config, str(tmp_path))
   assert "config.rl.group_size" in str(err.value)
   assert "config.sample.prompt_type" in str(err.value)
-  config.rl.group_size = 3
+  config.rl.group_size = 4
   config.sample.prompt_type = "cot"
+  config.rl.minibatch_rows = -8  # made -1 optimizer steps per episode
+  config.rl.clip_eps = 0.0
+  config.sample.top_p = 1.5
+  with pytest.raises(config_validation.ConfigError) as err:
+    main.run(config, str(tmp_path))
+  for problem in ("config.rl.minibatch_rows: expected an integer >= 0", "config.rl.clip_eps: "
+                  "expected a number > 0, got 0.0", "config.sample.top_p: expected a number in "
+                  "(0, 1], got 1.5"):
+    assert problem in str(err.value)
+  config.rl.minibatch_rows, config.rl.clip_eps, config.sample.top_p = 8, 0.2, 1.0
+  config.rl.group_size = 3
   with pytest.raises(config_validation.ConfigError, match="config.rl.minibatch_rows"):
     main.run(config, str(tmp_path))
   config.rl.group_size = 4
