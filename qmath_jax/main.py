@@ -739,13 +739,20 @@ def _rm_scorer(rm_checkpoint: str, tokenizer, batch_size: int, max_length: int, 
   loaded in its own dtype with `hf.load_hf_rm`)."""
   from qmath_jax import hf  # pylint: disable=g-import-not-at-top
   from qmath_jax.rl import rewards  # pylint: disable=g-import-not-at-top
+  def check_vocab(model_cfg):  # before any sampling, not at the first id past its embedding
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+      raise ValueError(f"config.scorer.rm_checkpoint {rm_checkpoint!r}: its vocab_size is "
+                       f"{model_cfg.vocab_size}, but the tokenizer has {tokenizer.vocab_size} ids")
+
   if hf.is_reward_model(rm_checkpoint):
     model_cfg = hf.read_config(rm_checkpoint, dtype=None)
+    check_vocab(model_cfg)
     _, shardings = _stage_shardings("rm", model_cfg, mesh)
     _, params = hf.load_hf_rm(rm_checkpoint, dtype=model_cfg.param_dtype, shardings=shardings,
                               config=model_cfg)
   else:
     model_cfg, params, _ = _latest_run_params(rm_checkpoint, mesh)
+    check_vocab(model_cfg)
   return rewards.RewardModelScorer(model_cfg, params, tokenizer, batch_size=batch_size,
                                    max_length=max_length, mesh=mesh)
 

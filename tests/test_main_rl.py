@@ -207,3 +207,23 @@ def test_pipeline_references_name_stages_of_the_right_kind(tmp_path):
   assert ("config.rl.init.checkpoint: names the 'rm' stage, a 'rm' run, whose checkpoints "
           "hold no decoder") in str(err.value)
   assert not (tmp_path / "demo").exists()
+
+
+def test_scorer_vocab_must_cover_the_tokenizer(tiny_decoder, tmp_path):
+  """A reward model with fewer embedding rows than the tokenizer has ids is refused before any
+  rollout; it failed at the first scoring call that met such an id, after the episode's
+  sampling."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from qmath_jax import hf  # pylint: disable=g-import-not-at-top
+  from qmath_jax.model import get_config  # pylint: disable=g-import-not-at-top
+  small = get_config("tiny", vocab_size=320)
+  _, init, _ = main._stage_model("rm", small)  # pylint: disable=protected-access
+  hf.save_hf_rm(small, nn.unbox(init(jax.random.key(0))), tmp_path / "rm")
+  config = _config(tiny_decoder, episodes=1)  # its tokenizer: 384 ids
+  config.scorer.rm_checkpoint = str(tmp_path / "rm")
+  config.scorer.max_length = 256
+  with pytest.raises(ValueError, match=r"config\.scorer\.rm_checkpoint .*: its vocab_size is 320, "
+                     "but the tokenizer has 384 ids"):
+    main.run(config, str(tmp_path / "rl"))
+  assert not (tmp_path / "rl" / "metrics.jsonl").exists()
