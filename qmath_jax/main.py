@@ -212,7 +212,11 @@ def _model_config(config, tokenizer):
   if config.model.vocab_size and not any(config.init.values()):
     numerics["vocab_size"] = config.model.vocab_size
   if config.init.checkpoint:
-    fields = _init_run_meta(config.init.checkpoint).get(MODEL_META)
+    meta = _init_run_meta(config.init.checkpoint)
+    if meta.get("stage") == "rm":  # every stage loads a decoder from init (rm: its backbone)
+      raise ValueError(f"config.init.checkpoint {config.init.checkpoint!r} is an rm run: its "
+                       "checkpoints hold a reward model, not a decoder")
+    fields = meta.get(MODEL_META)
     if not fields:
       raise ValueError(f"init.checkpoint {config.init.checkpoint!r}: its checkpoint records no "
                        "model config")

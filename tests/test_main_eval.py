@@ -86,3 +86,22 @@ def test_eval_rerun_with_other_params_does_not_reuse_their_samples(tiny_run, dat
   with pytest.raises(ValueError, match=r"models\.json: the samples in .* were made "
                      r"by \{'policy': \{'path': '.*params'\}, 'rm': None\}"):
     main.run(config, str(tmp_path / "eval"))
+
+
+def test_eval_of_a_reward_model_run_is_refused(tiny_run, tmp_path):
+  """init.checkpoint names the policy; an rm run's checkpoints hold a RewardModel tree, whose
+  restore as a decoder failed with an error naming no field (here a TypeError from JAX)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from qmath_jax.model import get_config  # pylint: disable=g-import-not-at-top
+  from qmath_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path / "rm_run" / "checkpoints",
+                                             async_save=False)
+  checkpointer.save(1, {"params": {"score_head": jnp.zeros(2)}}, meta={
+      "stage": "rm", "model": dataclasses.asdict(get_config("tiny", vocab_size=384))})
+  checkpointer.close()
+  config = _eval_config()
+  config.tokenizer.path = tiny_run[0]
+  config.init.checkpoint = str(tmp_path / "rm_run")
+  with pytest.raises(ValueError, match=r"config\.init\.checkpoint .*rm_run' is an rm run"):
+    main.run(config, str(tmp_path / "eval"))
