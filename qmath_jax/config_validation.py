@@ -312,6 +312,7 @@ def validate(config, stages: Collection[str], num_devices: int,
                               not all(isinstance(n, str) for n in names)):
       c.fail("stages", f"expected a non-empty list of stage names, got {names!r}")
       names = None
+    c.int("seed", minimum=0)  # every stage's seed
     tok_path = c.string("tokenizer.path")
     pipeline_vocab = c.int("tokenizer.train_vocab_size", minimum=0)
     if not tok_path:  # the pipeline trains the tokenizer every stage uses

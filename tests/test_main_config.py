@@ -121,8 +121,10 @@ def test_pipeline_report_stages_and_synthetic_knobs_are_checked(tmp_path):
   config = load_config("demo.py", "quick=1")
   config.report.stages = ("sft", "distill")
   config.synthetic.max_steps = 0
+  config.seed = -1  # the pipeline's seed replaces every stage's, so it is checked itself
   _run_expecting(config, tmp_path, "config.report.stages: expected some of the pipeline's stages",
-                 "config.synthetic: need 1 <= min_steps <= max_steps, got 1, 0")
+                 "config.synthetic: need 1 <= min_steps <= max_steps, got 1, 0",
+                 "config.seed: expected an integer >= 0, got -1")
 
 
 @pytest.mark.parametrize("workdir", ["gs://bucket/run", "s3://bucket/run", "file:///tmp/run"])
