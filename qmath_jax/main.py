@@ -396,9 +396,9 @@ def run_pipeline(config, workdir: str) -> dict:
   tokenizer that earlier stages will write taken as present); rl, sample and eval stages
   again when the pipeline reaches them, once those inputs exist.
 
-  A tokenizer is trained first (once, by the writer process) into `<workdir>/tokenizer.model` when
-  `tokenizer.train_vocab_size` > 0 and no path is given, on synthetic documents and rendered
-  conversations; every stage then uses it. The pipeline's `seed` is every stage's seed, so
+  A tokenizer is trained first (once, by the writer process) into `<workdir>/tokenizer.model`
+  when `tokenizer.train_vocab_size` > 0 and no path is given, on synthetic documents and
+  rendered conversations; every stage then uses it. The pipeline's `seed` is every stage's seed, so
   `--config.seed` reruns the whole pipeline with other draws. A stage's `init.checkpoint`
   naming an earlier stage ("pretrain") means that stage's run directory, and so does a
   `scorer.rm_checkpoint` naming one ("rm"). With `report.num_problems` > 0, the greedy
@@ -743,6 +743,7 @@ def _rm_scorer(rm_checkpoint: str, tokenizer, batch_size: int, max_length: int, 
   loaded in its own dtype with `hf.load_hf_rm`)."""
   from qmath_jax import hf  # pylint: disable=g-import-not-at-top
   from qmath_jax.rl import rewards  # pylint: disable=g-import-not-at-top
+
   def check_vocab(model_cfg):  # before any sampling, not at the first id past its embedding
     if tokenizer.vocab_size > model_cfg.vocab_size:
       raise ValueError(f"config.scorer.rm_checkpoint {rm_checkpoint!r}: its vocab_size is "
