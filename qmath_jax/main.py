@@ -675,11 +675,11 @@ def _problems(config, keep_empty_answers: bool = False) -> list:
 _ROUND_SETTINGS = {"sft": "rejection", "rm": "rm_data", "rl": "rl_queries"}
 
 
-def _finished_round(workdir: str, task: str, sample_cfg) -> dict | None:
+def _finished_round(workdir: str, task: str, sample_cfg, round_cfg) -> dict | None:
   """The `summary.json` of a round finished in `workdir` (written last), or None.
 
-  Raises ValueError when it was made for another task or with other sampling settings: its
-  files are not this round's, and they are not overwritten.
+  Raises ValueError when it was made for another task, or with other sampling or selection
+  settings (`round_cfg`, the task's): its files are not this round's, and are not overwritten.
   """
   from qmath_jax.rounds import graded  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, graded.SUMMARY_FILE)
@@ -688,8 +688,9 @@ def _finished_round(workdir: str, task: str, sample_cfg) -> dict | None:
   with open(path, encoding="utf-8") as f:
     summary = json.load(f)
   recorded = summary.get("config", {})
-  wanted = json.loads(json.dumps(dataclasses.asdict(sample_cfg)))
-  if _ROUND_SETTINGS[task] not in recorded or recorded.get("sample") != wanted:
+  wanted = json.loads(json.dumps({"sample": dataclasses.asdict(sample_cfg),
+                                  _ROUND_SETTINGS[task]: dataclasses.asdict(round_cfg)}))
+  if any(recorded.get(key) != value for key, value in wanted.items()):
     raise ValueError(f"{path}: a finished sample round made with other settings "
                      f"({recorded}), not task {task!r} with {wanted}; use another workdir or "
                      "delete its files")
@@ -711,7 +712,13 @@ def run_sample_stage(config, workdir: str) -> dict:
   _check_models(config, workdir)
   problems = _problems(config, keep_empty_answers=config.task == "sft")
   sample_cfg = graded.SampleConfig(**config.sample.to_dict(), seed=config.seed)
-  summary = _finished_round(workdir, config.task, sample_cfg)
+  if config.task == "sft":
+    round_cfg = rejection.RejectionConfig(**config.rejection.to_dict())
+  elif config.task == "rm":
+    round_cfg = rm_data.RmDataConfig(**config.rm_data.to_dict(), seed=config.seed)
+  else:
+    round_cfg = rl_queries.RlQueryConfig(**config.rl_queries.to_dict())
+  summary = _finished_round(workdir, config.task, sample_cfg, round_cfg)
   if summary is not None:
     logging.info("sample: %s already holds this round's files; nothing to do", workdir)
     return {"stage": "sample", "task": config.task, "problems": len(problems),
@@ -722,16 +729,13 @@ def run_sample_stage(config, workdir: str) -> dict:
       scorer = _rm_scorer(config.scorer.rm_checkpoint, tokenizer, config.scorer.batch_size,
                           config.scorer.max_length,
                           sampler.mesh) if config.scorer.rm_checkpoint else None
-      summary = rejection.rejection_round(
-          prompt_sampler, problems, workdir, sample_cfg,
-          rejection.RejectionConfig(**config.rejection.to_dict()), scorer)
+      summary = rejection.rejection_round(prompt_sampler, problems, workdir, sample_cfg,
+                                          round_cfg, scorer)
     elif config.task == "rm":
-      summary = rm_data.rm_data_round(prompt_sampler, problems, workdir, sample_cfg,
-                                      rm_data.RmDataConfig(**config.rm_data.to_dict(),
-                                                           seed=config.seed))
+      summary = rm_data.rm_data_round(prompt_sampler, problems, workdir, sample_cfg, round_cfg)
     else:
       summary = rl_queries.rl_queries_round(prompt_sampler, problems, workdir, sample_cfg,
-                                            rl_queries.RlQueryConfig(**config.rl_queries.to_dict()))
+                                            round_cfg)
   return {"stage": "sample", "task": config.task, "problems": len(problems),
           "summary": summary}
 

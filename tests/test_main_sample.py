@@ -83,10 +83,14 @@ def test_rerun_of_a_finished_round_keeps_its_files(tiny_decoder, tmp_path, monke
   config.sample.temperature = 1.0  # other settings: not these files' round
   with pytest.raises(ValueError, match=r"summary\.json: a finished sample round made with"):
     main.run(config, str(tmp_path))
+  config.sample.temperature = first["summary"]["config"]["sample"]["temperature"]
+  config.rl_queries.min_correct = 1  # the same samples, another selection
+  with pytest.raises(ValueError, match=r"summary\.json: a finished sample round made with"):
+    main.run(config, str(tmp_path))
+  config.rl_queries.min_correct = 2
   rm_config = small(load_config("sample.py", "task=rm"), tiny_decoder, problems=2)
   with pytest.raises(ValueError, match=r"summary\.json: a finished sample round made with"):
     main.run(rm_config, str(tmp_path))
-  config.sample.temperature = first["summary"]["config"]["sample"]["temperature"]
   other = tmp_path / "other_params"  # the same round's settings, another model's params
   shutil.copytree(tiny_decoder[1], other)
   config.init.params_dir = str(other)
