@@ -675,11 +675,12 @@ def _problems(config, keep_empty_answers: bool = False) -> list:
 _ROUND_SETTINGS = {"sft": "rejection", "rm": "rm_data", "rl": "rl_queries"}
 
 
-def _finished_round(workdir: str, task: str, sample_cfg, round_cfg) -> dict | None:
+def _finished_round(workdir: str, task: str, problems, sample_cfg, round_cfg) -> dict | None:
   """The `summary.json` of a round finished in `workdir` (written last), or None.
 
-  Raises ValueError when it was made for another task, or with other sampling or selection
-  settings (`round_cfg`, the task's): its files are not this round's, and are not overwritten.
+  Raises ValueError when it was made for another task, on other problems, or with other
+  sampling or selection settings (`round_cfg`, the task's): its files are not this round's,
+  and are not overwritten.
   """
   from qmath_jax.rounds import graded  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, graded.SUMMARY_FILE)
@@ -694,6 +695,12 @@ def _finished_round(workdir: str, task: str, sample_cfg, round_cfg) -> dict | No
     raise ValueError(f"{path}: a finished sample round made with other settings "
                      f"({recorded}), not task {task!r} with {wanted}; use another workdir or "
                      "delete its files")
+  done = [row.get("id") for _, row in records.read_jsonl(
+      os.path.join(workdir, graded.PROBLEMS_FILE), records.BadRows())]
+  if done != [p.id for p in problems]:
+    raise ValueError(f"{path}: a finished sample round of {len(done)} other problems than the "
+                     f"{len(problems)} of config.data.sources; use another workdir or delete "
+                     "its files")
   return summary
 
 
@@ -718,7 +725,7 @@ def run_sample_stage(config, workdir: str) -> dict:
     round_cfg = rm_data.RmDataConfig(**config.rm_data.to_dict(), seed=config.seed)
   else:
     round_cfg = rl_queries.RlQueryConfig(**config.rl_queries.to_dict())
-  summary = _finished_round(workdir, config.task, sample_cfg, round_cfg)
+  summary = _finished_round(workdir, config.task, problems, sample_cfg, round_cfg)
   if summary is not None:
     logging.info("sample: %s already holds this round's files; nothing to do", workdir)
     return {"stage": "sample", "task": config.task, "problems": len(problems),

@@ -88,6 +88,11 @@ def test_rerun_of_a_finished_round_keeps_its_files(tiny_decoder, tmp_path, monke
   with pytest.raises(ValueError, match=r"summary\.json: a finished sample round made with"):
     main.run(config, str(tmp_path))
   config.rl_queries.min_correct = 2
+  config.data.num_examples = 3  # the same settings, another problem set
+  with pytest.raises(ValueError, match=r"summary\.json: a finished sample round of 2 other "
+                     "problems than the 3 of config.data.sources"):
+    main.run(config, str(tmp_path))
+  config.data.num_examples = 2
   rm_config = small(load_config("sample.py", "task=rm"), tiny_decoder, problems=2)
   with pytest.raises(ValueError, match=r"summary\.json: a finished sample round made with"):
     main.run(rm_config, str(tmp_path))
