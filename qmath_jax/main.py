@@ -463,6 +463,10 @@ def run_pipeline(config, workdir: str) -> dict:
 # ----------------------------------------------------------------------------- eval stage
 
 
+def _listdir(path: str) -> list[str]:
+  return os.listdir(path) if os.path.isdir(path) else []
+
+
 def _check_sampling_inputs(config, pending=()) -> list[str]:
   """Problems of the fields every sampling stage reads: params source, tokenizer, mesh."""
   problems = []
@@ -471,8 +475,14 @@ def _check_sampling_inputs(config, pending=()) -> list[str]:
     problems.append("config.init: give exactly one of checkpoint, params_dir, hf_dir "
                     f"(got {given or 'none'})")
   for key in given:
-    if config.init[key] not in pending and not os.path.isdir(config.init[key]):
+    if config.init[key] in pending:
+      continue
+    if not os.path.isdir(config.init[key]):
       problems.append(f"config.init.{key}: {config.init[key]!r} is not a directory")
+    elif key == "checkpoint" and not any(  # else reading it would make an empty checkpoints/
+        n.isdigit() for n in _listdir(os.path.join(config.init[key], loop.CHECKPOINT_DIR))):
+      problems.append(f"config.init.checkpoint: no checkpoint in {config.init[key]!r} "
+                      "(expected another run's workdir)")
   if config.tokenizer.path not in pending and (not config.tokenizer.path or
                                               not os.path.exists(config.tokenizer.path)):
     problems.append(f"config.tokenizer.path: {config.tokenizer.path!r} does not exist")

@@ -71,6 +71,15 @@ def test_eval_config_errors_before_compute(tiny_run, tmp_path):
   assert "unknown ['nope']" in message
   assert "config.mesh.shape" in message
   assert not list(tmp_path.iterdir())
+  run_dir = tmp_path / "not_a_run"  # a directory, but no run's: reading it made checkpoints/
+  run_dir.mkdir()
+  config = _eval_config()
+  config.tokenizer.path = tiny_run[0]
+  config.init.checkpoint = str(run_dir)
+  with pytest.raises(config_validation.ConfigError, match=r"config\.init\.checkpoint: no "
+                     r"checkpoint in .*not_a_run'"):
+    main.run(config, str(tmp_path / "eval"))
+  assert not list(run_dir.iterdir())
 
 
 def test_eval_rerun_with_other_params_does_not_reuse_their_samples(tiny_run, data_dir, tmp_path):
