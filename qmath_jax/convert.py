@@ -4,6 +4,7 @@ r"""Converts between Hugging Face checkpoints and params-only orbax checkpoints.
     python -m qmath_jax.convert --params_dir=/ckpt/qmath-1.5b --hf_out=/ckpt/hf-export
     python -m qmath_jax.convert --hf_dir=/ckpt/Qwen2.5-Math-RM-72B --out=/ckpt/qmath-rm-72b
     python -m qmath_jax.convert --params_dir=/ckpt/qmath-rm-72b --hf_out=/ckpt/rm-export
+    python -m qmath_jax.convert --run_dir=/runs/sft_r2 --hf_out=/ckpt/sft-r2-hf --dtype=bfloat16
 
 A params checkpoint is a directory with `params/` (orbax, every array saved from its shards,
 restorable onto any mesh) and `model_config.json` (the ModelConfig fields). Training stages
@@ -14,6 +15,9 @@ A reward model converts the same way: a Qwen2ForRewardModel directory (config.js
 `train.reward_model.RewardModel`'s tree (`{"backbone", "score_head"}`; `model_config.json` is
 the backbone's). Which one a directory holds is read from it; `--reward_model` / `--noreward_model`
 insist, and a directory that holds the other kind is an error.
+
+A run's workdir (`--run_dir`: a pretrain, sft, rm or rl run) exports its latest checkpoint's
+params to a Hugging Face directory: the decoder, or the reward model for an rm run.
 """
 
 import dataclasses
@@ -144,10 +148,17 @@ def _hf_kind(hf_dir, want: bool | None) -> bool:
                    f"architectures {archs}")
 
 
-def run(*, hf_dir=None, out=None, params_dir=None, hf_out=None, dtype: str = "float32",
-        reward_model: bool | None = None) -> pathlib.Path:
-  """Converts `hf_dir` to a params checkpoint `out`, or `params_dir` to an HF directory
-  `hf_out`; returns the directory written.
+def _check_kind(source, found: bool, want: bool | None) -> None:
+  """Raises ValueError when `source` holds a reward model (`found`) and `want` says otherwise."""
+  if want is not None and want != found:
+    raise ValueError(f"asked for a {'reward model' if want else 'causal LM'}, but {source} "
+                     f"holds {'a reward model' if found else 'a decoder'}'s params")
+
+
+def run(*, hf_dir=None, out=None, params_dir=None, run_dir=None, hf_out=None,
+        dtype: str = "float32", reward_model: bool | None = None) -> pathlib.Path:
+  """Converts `hf_dir` to a params checkpoint `out`, or `params_dir` or a run's workdir
+  `run_dir` (its latest checkpoint) to an HF directory `hf_out`; returns the directory written.
 
   `reward_model` None converts what the input holds (a Qwen2ForRewardModel config.json, or a
   RewardModel params tree, is a reward model); True or False insists, raising ValueError on an
@@ -160,24 +171,31 @@ def run(*, hf_dir=None, out=None, params_dir=None, hf_out=None, dtype: str = "fl
     else:
       cfg, params = hf.load_hf(hf_dir, dtype=dtype)
     return save_params(out, cfg, params)
-  if params_dir and hf_out and not (hf_dir or out):
+  if params_dir and hf_out and not (hf_dir or out or run_dir):
     found = is_reward_model_params(params_dir)
-    if reward_model is not None and reward_model != found:
-      raise ValueError(f"asked for a {'reward model' if reward_model else 'causal LM'}, but "
-                       f"{params_dir} holds {'a reward model' if found else 'a decoder'}'s params")
+    _check_kind(params_dir, found, reward_model)
     if found:
       cfg, params = load_rm_params(params_dir, dtype=dtype)
       return hf.save_hf_rm(cfg, params, hf_out, dtype=dtype)
     cfg, params = load_params(params_dir, dtype=dtype)
     return hf.save_hf(cfg, params, hf_out, dtype=dtype)
-  raise ValueError("give hf_dir and out, or params_dir and hf_out")
+  if run_dir and hf_out and not (hf_dir or out or params_dir):
+    from qmath_jax import main  # pylint: disable=g-import-not-at-top
+    cfg, params, _ = main.latest_run_params(run_dir)
+    found = set(params) == RM_KEYS
+    _check_kind(run_dir, found, reward_model)
+    return (hf.save_hf_rm if found else hf.save_hf)(cfg, params, hf_out, dtype=dtype)
+  raise ValueError("give hf_dir and out, or params_dir or run_dir and hf_out")
 
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory to read.")
 flags.DEFINE_string("out", None, "Params checkpoint directory to write (with --hf_dir).")
 flags.DEFINE_string("params_dir", None, "Params checkpoint directory to read.")
-flags.DEFINE_string("hf_out", None, "Hugging Face directory to write (with --params_dir).")
+flags.DEFINE_string("run_dir", None,
+                    "A training run's workdir whose latest checkpoint to export (with --hf_out).")
+flags.DEFINE_string("hf_out", None,
+                    "Hugging Face directory to write (with --params_dir or --run_dir).")
 flags.DEFINE_string("dtype", "float32", "Parameter dtype: float32 or bfloat16.")
 flags.DEFINE_bool("reward_model", None,
                   "Convert a reward model (Qwen2ForRewardModel <-> RewardModel params). Default: "
@@ -187,10 +205,12 @@ flags.DEFINE_bool("reward_model", None,
 
 def main(argv):
   del argv
-  if not (FLAGS.hf_dir and FLAGS.out) and not (FLAGS.params_dir and FLAGS.hf_out):
-    raise app.UsageError("give --hf_dir and --out, or --params_dir and --hf_out")
+  if not (FLAGS.hf_dir and FLAGS.out) and not ((FLAGS.params_dir or FLAGS.run_dir) and
+                                                FLAGS.hf_out):
+    raise app.UsageError("give --hf_dir and --out, or --params_dir or --run_dir and --hf_out")
   written = run(hf_dir=FLAGS.hf_dir, out=FLAGS.out, params_dir=FLAGS.params_dir,
-                hf_out=FLAGS.hf_out, dtype=FLAGS.dtype, reward_model=FLAGS.reward_model)
+                run_dir=FLAGS.run_dir, hf_out=FLAGS.hf_out, dtype=FLAGS.dtype,
+                reward_model=FLAGS.reward_model)
   print(f"wrote {written}")
 
 

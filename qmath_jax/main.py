@@ -777,7 +777,7 @@ def _rm_scorer(rm_checkpoint: str, tokenizer, batch_size: int, max_length: int, 
     _, params = hf.load_hf_rm(rm_checkpoint, dtype=model_cfg.param_dtype, shardings=shardings,
                               config=model_cfg)
   else:
-    model_cfg, params, _ = _latest_run_params(rm_checkpoint, mesh)
+    model_cfg, params, _ = latest_run_params(rm_checkpoint, mesh)
     check_vocab(model_cfg)
   return rewards.RewardModelScorer(model_cfg, params, tokenizer, batch_size=batch_size,
                                    max_length=max_length, mesh=mesh)
@@ -947,7 +947,7 @@ def _stage_shardings(stage: str, model_cfg, mesh=None):
   return abstract, rules_lib.tree_shardings(boxed, mesh)
 
 
-def _latest_run_params(run_dir: str, mesh=None):
+def latest_run_params(run_dir: str, mesh=None):
   """(ModelConfig, params, step) of a run directory's latest checkpoint.
 
   The params are the decoder's, or for an rm run the reward model's (backbone + score head):
@@ -980,7 +980,7 @@ def greedy_accuracy(run_dir: str, tokenizer_path: str, *, num_problems: int, see
   """
   from qmath_jax.evaluation import benchmarks  # pylint: disable=g-import-not-at-top
   from qmath_jax.sampling import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
-  model_cfg, params, step = _latest_run_params(run_dir)
+  model_cfg, params, step = latest_run_params(run_dir)
   tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
   sampler = sampler_lib.Sampler(model_cfg, params, tokenizer)
   problems = synthetic.generate(num_problems, seed=seed, split="test", cfg=synthetic_cfg)

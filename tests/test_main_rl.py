@@ -3,10 +3,12 @@
 import os
 import signal
 
+import jax
+import numpy as np
 import pytest
 from conftest import load_config
 
-from qmath_jax import config_validation, main
+from qmath_jax import config_validation, convert, hf, main
 from qmath_jax.train import checkpoint as checkpoint_lib
 from qmath_jax.train import metrics_writer
 
@@ -46,8 +48,17 @@ def test_rl_stage_runs_episodes_checkpoints_and_resumes(tiny_decoder, tmp_path):
   again = main.run(_config(tiny_decoder, episodes=3), str(tmp_path))
   assert again["episodes_run"] == 1
   assert [row["step"] for row in metrics_writer.read_metrics(tmp_path)] == [1, 2, 3]
-  model_cfg, params, step = main._latest_run_params(str(tmp_path))  # pylint: disable=protected-access
+  model_cfg, params, step = main.latest_run_params(str(tmp_path))
   assert step == 3 and model_cfg.vocab_size == 384
+
+  # The trained policy exports to a Hugging Face directory that loads back to the same weights.
+  exported = convert.run(run_dir=str(tmp_path), hf_out=str(tmp_path / "hf"))
+  hf_cfg, hf_params = hf.load_hf(exported)
+  assert hf_cfg.num_layers == model_cfg.num_layers and hf.is_reward_model(exported) is False
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(hf_params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="asked for a reward model"):
+    convert.run(run_dir=str(tmp_path), hf_out=str(tmp_path / "rm"), reward_model=True)
 
 
 def test_tir_rl_runs_the_sandbox_loop(tiny_decoder, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from qmath_jax import config_validation, main
+from qmath_jax import config_validation, convert, hf, main
 from qmath_jax.data import pipelines, synthetic
 from qmath_jax.model import get_config
 from qmath_jax.train import checkpoint as checkpoint_lib
@@ -64,6 +64,20 @@ def test_rm_stage_learns_the_lists(rm_run):
   assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
   meta = checkpoint_lib.Checkpointer(rm_run / "checkpoints").read_meta()
   assert meta["stage"] == "rm"
+
+
+def test_rm_run_exports_to_a_hugging_face_reward_model(rm_run, tmp_path):
+  exported = convert.run(run_dir=str(rm_run), hf_out=str(tmp_path / "rm"))
+  assert hf.is_reward_model(exported)
+  _, params, _ = main.latest_run_params(str(rm_run))
+  _, hf_params = hf.load_hf_rm(exported, dtype="float32")
+  exported_leaves = dict(jax.tree_util.tree_leaves_with_path(hf_params))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if "lm_head" in jax.tree_util.keystr(path):
+      continue  # the RM never reads its backbone's LM head; the HF layout has no such tensor
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(exported_leaves[path]))
+  with pytest.raises(ValueError, match="asked for a causal LM"):
+    convert.run(run_dir=str(rm_run), hf_out=str(tmp_path / "lm"), reward_model=False)
 
 
 def test_rejection_sampling_ranks_with_the_trained_rm(tiny_decoder, rm_run, tmp_path):
