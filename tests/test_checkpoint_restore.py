@@ -14,6 +14,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from qmath_jax.model import presets
 from qmath_jax.model import transformer
@@ -158,3 +159,11 @@ def _kill_during_save(directory):
 
 if __name__ == "__main__":
   _kill_during_save(sys.argv[1])
+
+
+def test_reading_the_meta_of_a_step_that_has_none_names_the_step(tmp_path):
+  (tmp_path / "1").mkdir()  # e.g. copied by hand, or another program's checkpoint
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, async_save=False)
+  with pytest.raises(FileNotFoundError, match=r"/1: no 'meta' item"):
+    checkpointer.read_meta()
+  checkpointer.close()

@@ -191,6 +191,10 @@ class _GoldenRowsTokenizer:
   """Encodes a text holding marker `row-<i>` as the golden RM's token row i (real tokens)."""
   pad_id = 0
 
+  @property
+  def vocab_size(self):
+    return int(_golden()["tokens"].max()) + 1
+
   def encode(self, text):
     golden = _golden()
     i = int(text.split("row-")[1].split()[0])

@@ -17,11 +17,13 @@ import subprocess
 from absl import flags
 import jax
 from ml_collections import config_flags
+import numpy as np
 import pytest
 from conftest import load_config
 
 from qmath_jax import config_validation
 from qmath_jax import main
+from qmath_jax.train import checkpoint as checkpoint_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -29,7 +31,7 @@ LAUNCH_SCRIPTS = sorted((REPO / "launch").glob("*.sh"))
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if p.name != "common.py")
 
 # Path fields of the stage configs -> what a run expects to find there.
-DIR_WITH_CHECKPOINT = ("init.checkpoint", "scorer.rm_checkpoint")
+DIR_WITH_CHECKPOINT = {"init.checkpoint": "sft", "scorer.rm_checkpoint": "rm"}  # run: stage
 FILES = ("tokenizer.path", "data.source", "data.eval_source")
 
 
@@ -102,10 +104,13 @@ def _stand_in_paths(config, root: pathlib.Path):
       node = node[key]
     node[last] = value
 
-  for field in DIR_WITH_CHECKPOINT:
+  for field, stage in DIR_WITH_CHECKPOINT.items():
     if get(field):
       set_(field, stand_in(get(field)))
-      os.makedirs(os.path.join(get(field), "checkpoints", "1"), exist_ok=True)
+      checkpointer = checkpoint_lib.Checkpointer(os.path.join(get(field), "checkpoints"),
+                                                 async_save=False)
+      checkpointer.save(1, {"step": np.zeros((), np.int32)}, meta={"stage": stage})
+      checkpointer.close()
   for field, marker in (("init.hf_dir", "config.json"), ("init.params_dir", "model_config.json")):
     if get(field):
       set_(field, stand_in(get(field)))

@@ -176,8 +176,12 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        **{META: ocp.args.JsonRestore()}))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          **{META: ocp.args.JsonRestore()}))
+    except KeyError:  # orbax: the item is not in the step's directory
+      raise FileNotFoundError(f"{self.directory}/{step}: no {META!r} item (not a checkpoint this "
+                              "project wrote, or an incomplete one)") from None
     return dict(restored[META])
 
   def wait(self):
