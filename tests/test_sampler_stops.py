@@ -123,6 +123,27 @@ def test_end_of_sequence_id_stops_row(model, free_run):
   assert got.stop == table[ids[at]] and got.text == "".join(table[i] for i in ids[:at])
 
 
+@pytest.mark.parametrize("stop", [(), ("no such text",)], ids=["no_stop", "stop_strings"])
+def test_rows_end_at_the_models_last_position(model, free_run, stop):
+  """Prompt + completion fill at most max_position_embeddings: a longer prompt gets fewer new
+  tokens (finish "length"), the other rows of its batch keep their max_new_tokens."""
+  cfg, params, table = model
+  tokenizer = TableTokenizer(table, eos_ids=())
+  lengths = [len(tokenizer.encode(p)) for p in PROMPTS]
+  limit = min(lengths) + NEW  # the shortest prompt keeps all NEW tokens, the others fewer
+  sampler = Sampler(cfg.replace(max_position_embeddings=limit), params, tokenizer,
+                    initial_cache_len=4, stop_check_interval=3)
+  out = sampler.generate(PROMPTS, max_new_tokens=NEW, stop=stop)
+  rooms = [min(NEW, limit - length) for length in lengths]
+  assert min(rooms) < NEW - 2 and max(rooms) == NEW
+  for got, ref, room in zip(out, free_run, rooms):
+    assert got[0].token_ids == ref.token_ids[:room] and got[0].finish_reason == "length"
+    assert got[0].text == tokenizer.decode(ref.token_ids[:room])
+    np.testing.assert_allclose(got[0].logprobs, ref.logprobs[:room], atol=1e-6)
+  with pytest.raises(ValueError, match=f"prompt 1 has {limit} tokens"):
+    sampler.generate_ids([[3], [3] * limit])
+
+
 def test_similar_calls_reuse_compiled_functions(model, free_run):
   cfg, params, table = model
   sampler = Sampler(cfg, params, TableTokenizer(table, eos_ids=()))
@@ -140,8 +161,8 @@ def test_bad_arguments_are_named(model):
   sampler = Sampler(cfg, params, TableTokenizer(table, eos_ids=()))
   with pytest.raises(ValueError, match="prompt 1 is empty"):
     sampler.generate(["ab", ""])
-  with pytest.raises(ValueError, match="prompt 0 has 5 tokens; with max_new_tokens=4092"):
-    sampler.generate(["x=1+2"], max_new_tokens=4092)
+  with pytest.raises(ValueError, match="prompt 0 has 4096 tokens: max_position_embeddings=4096"):
+    sampler.generate_ids([[3] * 4096])
   with pytest.raises(ValueError, match="top_p=0"):
     sampler.generate(["ab"], top_p=0.0)
   with pytest.raises(ValueError, match="non-empty strings"):

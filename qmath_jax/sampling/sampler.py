@@ -18,7 +18,10 @@ How a call runs:
   prompt logits. The group's rows then decode against [prompt cache ; own cache]
   (`qmath_jax.sampling.forward`).
 - Decode runs on device as a while loop that stops when every row has sampled an
-  end-of-sequence id or reached `max_new_tokens`. The own cache grows with the completions: it
+  end-of-sequence id or reached `max_new_tokens`. A row whose prompt leaves fewer positions
+  than that before `max_position_embeddings` ends there, finish reason "length" (as vLLM caps
+  a sequence at the model length); only a prompt with no room for one token is an error,
+  naming the prompt. The own cache grows with the completions: it
   starts with `initial_cache_len` slots and doubles (up to the bucket of `max_new_tokens`)
   whenever the loop fills it, so each step's attention reads at most twice the slots in use,
   and a batch whose rows all stop early never allocates or reads the cache `max_new_tokens`
@@ -362,9 +365,9 @@ class Sampler:
     for i, ids in enumerate(prompt_ids):
       if not len(ids):
         raise ValueError(f"prompt {i} is empty: a prompt needs at least one token")
-      if len(ids) + max_new_tokens > limit:
-        raise ValueError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens="
-                         f"{max_new_tokens} it exceeds max_position_embeddings={limit}")
+      if len(ids) >= limit:
+        raise ValueError(f"prompt {i} has {len(ids)} tokens: max_position_embeddings={limit} "
+                         "leaves no room for a new token")
       bad = [t for t in ids if not 0 <= int(t) < self.cfg.vocab_size]
       if bad:
         raise ValueError(f"prompt {i} holds token id {bad[0]} outside the vocabulary "
@@ -414,6 +417,9 @@ class Sampler:
     row_ids = np.stack([np.repeat(prompt_index, n), np.tile(np.arange(n, dtype=np.int32), groups)],
                        axis=1).astype(np.int32)
     active = np.arange(rows) < count * n
+    # Prompt + completion fill at most max_position_embeddings positions.
+    row_max = np.minimum(max_new_tokens,
+                         self.cfg.max_position_embeddings - np.repeat(prompt_lens, n))
 
     mode = Mode.of(temperature, top_k, top_p)
     knobs = (jnp.float32(max(temperature, 1e-6)), jnp.int32(max(top_k, 1)), jnp.float32(top_p))
@@ -430,7 +436,8 @@ class Sampler:
     done = ~active | np.isin(np.asarray(token), self.eos_ids)
     prefill_s = time.perf_counter() - clock
 
-    stopped = np.zeros(rows, bool)
+    num = 1
+    stopped = row_max <= num  # rows that reached their last position end like stopped ones
     checked = [0] * rows
     decode_text = self.tokenizer.decode
 
@@ -441,7 +448,6 @@ class Sampler:
 
     if stop:
       check_stops()
-    num = 1
     clock = time.perf_counter()
     while num < max_new_tokens and not np.all(done | stopped):
       if num > capacity:  # the next token goes to slot num - 1 >= capacity
@@ -450,8 +456,9 @@ class Sampler:
         state["own_cache"] = _grow(state["own_cache"], cfg=self.cfg, mesh=self.mesh,
                                    capacity=capacity)
       chunk = min(self.stop_check_interval, capacity) if stop else capacity
+      limit = int(row_max[~done & ~stopped].min())  # the next row to reach its last position
       state, new_tokens, new_logprobs, steps, done_now = _decode(
-          self._weights, state, self._put(stopped), jnp.int32(max_new_tokens), knobs,
+          self._weights, state, self._put(stopped), jnp.int32(limit), knobs,
           eos_ids, cfg=self.cfg, mesh=self.mesh, mode=mode, chunk=chunk)
       steps = int(steps)
       new_tokens = np.asarray(new_tokens)[:, :steps].tolist()
@@ -461,6 +468,7 @@ class Sampler:
         logprobs[r].extend(new_logprobs[r])
       done = np.asarray(done_now) | done
       num += steps
+      stopped |= row_max <= num
       if stop:
         check_stops()
     decode_s = time.perf_counter() - clock
@@ -475,5 +483,5 @@ class Sampler:
     out = []
     for g in range(count):
       out.append([stops.completion(decode_text, ids[r], logprobs[r], self.eos_ids, stop,
-                                   max_new_tokens) for r in range(g * n, g * n + n)])
+                                   int(row_max[r])) for r in range(g * n, g * n + n)])
     return out
