@@ -215,3 +215,30 @@ def test_semicolon_separated_blanks_match_in_order():
   assert not math_equal("10, 5", "5;10")     # blanks are in order
   assert not math_equal("5", "5;10")
   assert not math_equal("5, 10, 15", "5;10")
+
+
+def _fast(fn, *args, limit_s=1.0):
+  start = time.monotonic()
+  out = fn(*args)
+  assert time.monotonic() - start < limit_s, (fn.__name__, args[:1])
+  return out
+
+
+def test_huge_exponents_in_scientific_notation_are_not_built():
+  """`1e999999999` held a 415 MB integer (minutes); numbers this far apart are not equal."""
+  assert not _fast(math_equal, "1e999999999", "1")
+  assert not _fast(math_equal, "1", "1e-999999999")
+  assert not _fast(math_equal, "1e999999999", "1e999999998")
+  assert _fast(math_equal, "1e999999999", "10e999999998")
+  assert _fast(math_equal, "1.00001e999999999", "1e999999999")   # relative 1e-4
+  assert _fast(math_equal, "50e999999997\\%", "0.5e999999997")   # the percent rule
+  assert not _fast(math_equal, "2e999999999", "1e999999999")
+  assert not _fast(math_equal, "0e999999999", "1")
+  assert _fast(math_equal, "0e999999999", "0")
+
+
+def test_root_of_huge_index_is_not_checked_by_powering():
+  """`\\sqrt[10^{10}]{2}` tried 2**(10**10) to see whether the root was exact."""
+  assert not _fast(math_equal, "\\sqrt[10^{10}]{2}", "2")
+  assert _fast(math_equal, "\\sqrt[10^{10}]{1}", "1")
+  assert _fast(math_equal, "\\sqrt[3]{8}", "2")

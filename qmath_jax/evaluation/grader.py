@@ -38,7 +38,11 @@ EXACT_REL_TOL = 1e-9       # two exact irrational constants (float evaluation er
 _MAX_DEPTH = 4
 MAX_ITEMS = 64             # longer lists/matrices compare as strings only
 
-_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$", re.IGNORECASE)
+_PLAIN_NUMBER = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:e([+-]?\d+))?$", re.IGNORECASE)
+# Two plain numbers are compared scaled by the smaller power of ten, so `1e999999999` never
+# becomes an integer of a billion digits; a gap of more than this many powers of ten (with
+# mantissas of at most 4300 digits, Python's int-parsing limit) means "far apart".
+_MAX_EXPONENT_GAP = 10000
 _PLAIN_FRACTION = re.compile(r"^([+-]?)\\frac\{(\d+(?:\.\d+)?)\}\{(\d+(?:\.\d+)?)\}$")
 _LETTERS = re.compile(r"^[A-E]+$")
 _MATRIX = re.compile(r"\\begin\{(?:pmatrix|bmatrix|Bmatrix|vmatrix|matrix|array)\}(?:\{[^}]*\})?"
@@ -48,19 +52,46 @@ _ALIASES = {"\\varnothing": "\\emptyset", "{}": "\\emptyset", "\\{\\}": "\\empty
             "infinity": "\\infty", "+\\infty": "\\infty", "oo": "\\infty"}
 
 
-def plain_number(s: str) -> Fraction | None:
-  """`"-12"`, `"3.50"`, `"1e3"`, `"\\frac{1}{2}"`, `"50%"` -> Fraction; else None."""
+def _plain_parts(s: str) -> tuple[Fraction, int] | None:
+  """`"1.5e-3"` -> (3/2, -3): a plain number as mantissa * 10**exponent; else None."""
   s = s.replace(" ", "").removesuffix("%")
-  if _PLAIN_NUMBER.match(s):
+  m = _PLAIN_NUMBER.match(s)
+  if m:
     try:
-      return Fraction(s)
-    except (ValueError, ZeroDivisionError):
+      return Fraction(m.group(1)), int(m.group(2) or 0)
+    except (ValueError, ZeroDivisionError):   # ValueError: more than 4300 digits
       return None
   m = _PLAIN_FRACTION.match(s)
   if m and Fraction(m.group(3)) != 0:
     value = Fraction(m.group(2)) / Fraction(m.group(3))
-    return -value if m.group(1) == "-" else value
+    return (-value if m.group(1) == "-" else value), 0
   return None
+
+
+def plain_number(s: str) -> Fraction | None:
+  """`"-12"`, `"3.50"`, `"1e3"`, `"\\frac{1}{2}"`, `"50%"` -> Fraction; else None.
+
+  None also for exponents beyond 10**10000 (`1e999999999`), which are not built.
+  """
+  parts = _plain_parts(s)
+  if parts is None or abs(parts[1]) > _MAX_EXPONENT_GAP:
+    return None
+  return parts[0] * Fraction(10) ** parts[1]
+
+
+def _plain_numbers_equal(pred: tuple[Fraction, int], gold: tuple[Fraction, int],
+                         approximate: bool, percent: bool) -> bool:
+  """`numbers_equal` of two `_plain_parts`, both divided by the smaller power of ten.
+
+  Equality, relative closeness and the x100 / 100 percent targets are all unchanged by a
+  common scale.
+  """
+  (pm, pe), (gm, ge) = pred, gold
+  low = min(pe, ge)
+  if max(pe, ge) - low > _MAX_EXPONENT_GAP:
+    return pm == gm == 0
+  return numbers_equal(pm * Fraction(10) ** (pe - low), gm * Fraction(10) ** (ge - low),
+                       approximate, percent)
 
 
 def numbers_equal(pred: Fraction, gold: Fraction, approximate: bool = True,
@@ -256,9 +287,9 @@ def _equal(pred: str, gold: str, deadline: float, depth: int = 0) -> bool:
     letters = re.sub(r"[\s,().:]", "", pred)
     return bool(_LETTERS.match(letters)) and set(letters) == set(gold.replace(" ", ""))
   # Plain numbers.
-  pn, gn = plain_number(pred), plain_number(gold)
+  pn, gn = _plain_parts(pred), _plain_parts(gold)
   if pn is not None and gn is not None:
-    return numbers_equal(pn, gn, _approximate(pred, gold), "%" in pred + gold)
+    return _plain_numbers_equal(pn, gn, _approximate(pred, gold), "%" in pred + gold)
   # Matrices.
   pm, gm = _matrix_cells(pred), _matrix_cells(gold)
   if pm is not None or gm is not None:

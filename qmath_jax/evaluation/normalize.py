@@ -86,7 +86,9 @@ _FULL_WIDTH = str.maketrans({"，": ",", "（": "(", "）": ")", "：": ":", "�
 
 
 _TIME_OF_DAY = re.compile(r"(\d\s*)([aApP])\.?\s*[mM]\.?(?![a-zA-Z])")
-_REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d+)\}")
+# The whole part starts where a digit run starts: retrying from every digit of a long run
+# made the search quadratic (seconds for 30k digits).
+_REPEATING = re.compile(r"(-?)(?<!\d)(\d*)\.(\d*)\\overline\{(\d+)\}")
 
 
 def _repeating_to_fraction(m: re.Match) -> str:

@@ -76,6 +76,8 @@ def _int_root(n: int, k: int) -> int | None:
   if r is None:
     return None
   for c in (r - 1, r, r + 1):
+    if c > 1 and k >= n.bit_length():
+      continue   # c**k > n; computing it would build a k-bit integer (k can be 10**10)
     if c >= 0 and c ** k == n:
       return c
   return None
