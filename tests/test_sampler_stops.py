@@ -171,3 +171,27 @@ def test_bad_arguments_are_named(model):
     sampler.generate_ids([[1, 999]])
   with pytest.raises(ValueError, match="lm_head has shape"):
     Sampler(cfg, dict(params, lm_head=params["lm_head"][:, :10]), sampler.tokenizer)
+
+
+def test_ids_the_tokenizer_lacks_are_never_sampled(model):
+  """A model vocabulary padded past the tokenizer's (Qwen: 151936 rows, 151665 ids): the ids
+  without a token are never chosen, so every completion decodes; log-probs stay those of the
+  whole vocabulary."""
+  cfg, params, table = model
+  small = TableTokenizer(table[:200], eos_ids=())
+  knobs = dict(n=16, temperature=1.5, max_new_tokens=6, seed=0)
+  out = Sampler(cfg, params, small).generate(PROMPTS, **knobs)
+  ids = [t for group in out for c in group for t in c.token_ids]
+  assert len(ids) == len(PROMPTS) * 16 * 6 and max(ids) < 200
+  assert out[0][0].text == small.decode(out[0][0].token_ids)
+  whole = Sampler(cfg, params, TableTokenizer(table, eos_ids=())).generate(PROMPTS, **knobs)
+  assert max(t for group in whole for c in group for t in c.token_ids) >= 200  # test has power
+  greedy = Sampler(cfg, params, small).generate(PROMPTS, max_new_tokens=NEW)
+  whole_greedy = Sampler(cfg, params, TableTokenizer(table, eos_ids=())).generate(
+      PROMPTS, max_new_tokens=NEW)
+  assert all(max(c[0].token_ids) < 200 for c in greedy)
+  assert any(max(c[0].token_ids) >= 200 for c in whole_greedy)
+  for got, ref in zip(greedy, whole_greedy):
+    if max(ref[0].token_ids) < 200:  # same tokens, log-probs not renormalised
+      assert got[0].token_ids == ref[0].token_ids
+      np.testing.assert_allclose(got[0].logprobs, ref[0].logprobs, atol=1e-6)

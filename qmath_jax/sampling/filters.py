@@ -103,7 +103,7 @@ def nucleus_sample(scaled, keys, top_p, max_rounds: int = 1000):
 
 
 def sample(logits, keys, temperature, top_k, top_p, *, stochastic: bool, use_top_k: bool,
-           use_top_p: bool):
+           use_top_p: bool, num_ids: int = 0):
   """Picks one token per row.
 
   Which filters run is static (`stochastic`, `use_top_k`, `use_top_p`: one compiled decode loop
@@ -117,12 +117,17 @@ def sample(logits, keys, temperature, top_k, top_p, *, stochastic: bool, use_top
       lowest id).
     top_k: int32 scalar >= 1, used when `use_top_k`.
     top_p: fp32 scalar in (0, 1], used when `use_top_p`.
+    num_ids: when > 0, only ids below it are chosen (a tokenizer smaller than the model's
+      padded vocabulary cannot decode the rest); the log-probs stay over the whole vocabulary.
   Returns:
     (int32 tokens `[rows]`, fp32 log-probs `[rows]` under the untempered model distribution).
   """
   logits = logits.astype(jnp.float32)
+  choosable = logits
+  if 0 < num_ids < logits.shape[-1]:
+    choosable = jnp.where(jnp.arange(logits.shape[-1]) < num_ids, logits, -jnp.inf)
   if stochastic:
-    scaled = logits / temperature
+    scaled = choosable / temperature
     if use_top_k:
       scaled = jnp.where(top_k_mask(scaled, top_k), scaled, -jnp.inf)
     if use_top_p:
@@ -131,6 +136,6 @@ def sample(logits, keys, temperature, top_k, top_p, *, stochastic: bool, use_top
       noise = jax.vmap(lambda k: jax.random.gumbel(k, scaled.shape[1:], jnp.float32))(keys)
       tokens = jnp.argmax(scaled + noise, axis=-1).astype(jnp.int32)
   else:
-    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    tokens = jnp.argmax(choosable, axis=-1).astype(jnp.int32)
   logprobs = jax.nn.log_softmax(logits, axis=-1)
   return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]

@@ -34,7 +34,8 @@ How a call runs:
   `fold_in(fold_in(key(seed), i), j)` folded with the step, so a completion does not depend on
   the batch it ran in (up to floating-point differences between compiled batch shapes).
 - Log-probs: fp32 `log_softmax` of the model's logits at each sampled token, i.e. under the
-  temperature-1, unfiltered model distribution, whatever the sampling settings.
+  temperature-1, unfiltered model distribution, whatever the sampling settings. Ids at or past
+  the tokenizer's `vocab_size` (rows padding the model's vocabulary) are never sampled.
 - On a mesh, rows, caches and prompts are split over the batch axes ('data', 'fsdp'), and the
   decode weights over 'tensor' (heads, MLP units, vocabulary: `weights.TensorLayout`), the KV
   caches with their heads; the weights are laid out straight into their shards. What the host
@@ -95,11 +96,12 @@ class Mode:
   stochastic: bool
   use_top_k: bool
   use_top_p: bool
+  num_ids: int = 0  # > 0: only ids below it are chosen (the tokenizer's); 0: every id
 
   @classmethod
-  def of(cls, temperature: float, top_k: int, top_p: float) -> "Mode":
+  def of(cls, temperature: float, top_k: int, top_p: float, num_ids: int = 0) -> "Mode":
     stochastic = temperature > 0
-    return cls(stochastic, stochastic and top_k > 0, stochastic and top_p < 1.0)
+    return cls(stochastic, stochastic and top_k > 0, stochastic and top_p < 1.0, num_ids)
 
 
 def _eos_hit(tokens, eos_ids):
@@ -136,7 +138,8 @@ def _cache_sharded(cfg: ModelConfig, mesh, x):
 def _sample(mode: Mode, logits, keys, knobs):
   temperature, top_k, top_p = knobs
   return filters.sample(logits, keys, temperature, top_k, top_p, stochastic=mode.stochastic,
-                        use_top_k=mode.use_top_k, use_top_p=mode.use_top_p)
+                        use_top_k=mode.use_top_k, use_top_p=mode.use_top_p,
+                        num_ids=mode.num_ids)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh", "mode", "n", "capacity"))
@@ -284,6 +287,10 @@ class Sampler:
       raise ValueError(f"tokenizer has {len(self.eos_ids)} end-of-sequence ids; at most "
                        f"{MAX_EOS_IDS} are supported")
     self.pad_id = int(tokenizer.pad_id)
+    # A model vocabulary padded past the tokenizer's (Qwen's 151936 rows for 151665 ids) has
+    # ids that decode to nothing or raise (sentencepiece): they are never sampled.
+    num_ids = int(getattr(tokenizer, "vocab_size", model_config.vocab_size))
+    self._num_ids = num_ids if num_ids < model_config.vocab_size else 0
     self.last_stats: dict = {}
     self._shards = 1 if mesh is None else mesh_lib.batch_shards(mesh)
     self.layout = weights.TensorLayout.for_mesh(model_config, mesh)
@@ -421,7 +428,7 @@ class Sampler:
     row_max = np.minimum(max_new_tokens,
                          self.cfg.max_position_embeddings - np.repeat(prompt_lens, n))
 
-    mode = Mode.of(temperature, top_k, top_p)
+    mode = Mode.of(temperature, top_k, top_p, self._num_ids)
     knobs = (jnp.float32(max(temperature, 1e-6)), jnp.int32(max(top_k, 1)), jnp.float32(top_p))
     eos_ids = jnp.asarray(list(self.eos_ids) + [-1] * (MAX_EOS_IDS - len(self.eos_ids)),
                           jnp.int32)
