@@ -242,3 +242,14 @@ def test_root_of_huge_index_is_not_checked_by_powering():
   assert not _fast(math_equal, "\\sqrt[10^{10}]{2}", "2")
   assert _fast(math_equal, "\\sqrt[10^{10}]{1}", "1")
   assert _fast(math_equal, "\\sqrt[3]{8}", "2")
+
+
+def test_scientific_notation_is_a_number_against_an_expression():
+  """The LaTeX parser read `-40.699e0` as -40.699*e*0 = 0 and `2e3` as 6e."""
+  assert not math_equal("-40.699e0", "0\\times 10^{-2}")
+  assert not math_equal("2e3", "6e")
+  assert not math_equal("6e", "2e3")
+  assert math_equal("2e3", "2\\times 10^{3}")
+  assert math_equal("1.5e-2", "\\frac{3}{2} \\cdot 10^{-2}")
+  assert math_equal("x = 2e3", "x = 2000")
+  assert math_equal("2e", "e+e")   # a number times e is still e's multiple

@@ -219,6 +219,18 @@ def _informative(pairs) -> bool:
   return any(x == y or max(abs(x), abs(y)) > 1e-12 for x, y in pairs)
 
 
+def _parse(text: str):
+  """`latex_expr.parse_latex`, except that a plain number is read as one: in the LaTeX parser
+  `2e3` is 2*e*3 = 6e and `-40.699e0` is zero, while `plain_number` reads 2000 and -40.699."""
+  parts = _plain_parts(text)
+  if parts is None:
+    return latex_expr.parse_latex(text)
+  mantissa, exponent = parts
+  if not exponent:
+    return ("num", mantissa)
+  return ("mul", (("num", mantissa), ("pow", ("num", Fraction(10)), ("num", Fraction(exponent)))))
+
+
 def _expressions_equal(pred: str, gold: str, deadline: float, equation: bool = False) -> bool:
   """One expression each (or `lhs - rhs` of equations, up to a non-zero factor).
 
@@ -228,13 +240,13 @@ def _expressions_equal(pred: str, gold: str, deadline: float, equation: bool = F
   approximate = _approximate(pred, gold)
   try:
     if equation:
-      sides = [latex_expr.parse_latex(t) for t in (*pred.split("="), *gold.split("="))]
+      sides = [_parse(t) for t in (*pred.split("="), *gold.split("="))]
       pl, pr, gl, gr = sides
       a = ("add", (pl, ("neg", pr)))
       b = ("add", (gl, ("neg", gr)))
     else:
-      a = latex_expr.parse_latex(pred.removesuffix("%"))
-      b = latex_expr.parse_latex(gold.removesuffix("%"))
+      a = _parse(pred.removesuffix("%"))
+      b = _parse(gold.removesuffix("%"))
   except latex_expr.LatexError:
     return False
   names = latex_expr.free_symbols(a) | latex_expr.free_symbols(b)
