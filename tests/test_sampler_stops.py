@@ -40,6 +40,28 @@ def test_has_stop_reads_only_the_tail():
   assert max(seen[:2]) < 25  # the window, not the 54 tokens
 
 
+def test_stops_in_byte_level_text_split_across_tokens(tmp_path):
+  """Byte-level BPE: a character's bytes may come in several tokens (a prefix then decodes to
+  U+FFFD). The shortest stopped prefix and the tail-window check agree with a full scan."""
+  from qmath_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  texts = ["中文数学题：求解方程 x² + 2x = 3。答案是 1 或 −3。", "naïve café 😀 🎉 ```python\n"]
+  tok = tokenizer_lib.train_byte_level_bpe(texts * 10, 300, tmp_path / "tokenizer.json")
+  assert len(tok.encode("😀")) > 1  # split over tokens
+  rng = np.random.default_rng(0)
+  for _ in range(300):
+    ids = rng.integers(3, tok.vocab_size, size=int(rng.integers(2, 30))).tolist()
+    text = tok.decode(ids)
+    start = int(rng.integers(len(text)))
+    stop = text[start:start + 2]
+    if "\ufffd" in stop:
+      continue
+    shortest = next(k for k in range(1, len(ids) + 1) if stop in tok.decode(ids[:k]))
+    tokens, index, found = stops.first_stop(tok.decode, ids, [stop])
+    assert (tokens, found) == (shortest, stop)
+    assert tok.decode(ids[:tokens])[index:].startswith(stop)
+    assert all(stops.has_stop(tok.decode, ids, [stop], checked) for checked in range(shortest))
+
+
 def test_completion_finish_reasons():
   decode = SMALL.decode
   eos = (IDS["<|im_end|>"],)
