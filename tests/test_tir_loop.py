@@ -279,3 +279,20 @@ def test_a_closing_fence_token_that_carries_a_newline_still_runs_the_code(sandbo
                          "\\boxed{4}")
   assert sample.finish_reason == types.FINISH_STOP
   assert sample.model_mask.count(0) == len("```output\n4\n```\n")
+
+
+def test_no_round_reuses_the_random_keys_of_another_call(sandbox):
+  seeds = []
+
+  class SeedRecorder(ScriptedModel):
+    def generate_ids(self, prompt_ids, n=1, **kwargs):
+      seeds.append(kwargs["seed"])
+      return super().generate_ids(prompt_ids, n, **kwargs)
+
+  for seed in (5, 6):  # e.g. RL's consecutive episodes
+    model = SeedRecorder({PROMPT_B: B1 + B2 + B3 + B4 + "unreached"})
+    tir.generate_tir(model, CharTokenizer(), sandbox, [PROMPT_B], seed=seed)
+  first, second = seeds[:len(seeds) // 2], seeds[len(seeds) // 2:]
+  assert len(first) == len(second) > 2 and first[0] == 5 and second[0] == 6
+  assert len(set(first + second)) == len(seeds)  # with seed + round, round 1 of 5 was seed 6
+  assert first[1:] == [tir.round_seed(5, r) for r in range(1, len(first))]

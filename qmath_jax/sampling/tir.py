@@ -35,6 +35,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
+
 from qmath_jax import parallel
 from qmath_jax.data import chat
 from qmath_jax.sampling import types
@@ -156,6 +158,13 @@ def _model_piece(completion: types.Completion, tokenizer: TokenizerLike, where: 
   return completion.text
 
 
+def round_seed(seed: int, round_index: int) -> int:
+  """The sampler seed of a TIR call's round `round_index` >= 1: a hash of (seed, round), in
+  [0, 2^31). Not `seed + round`, under which round 1 of the call with seed s drew the random
+  keys of round 0 of the call with seed s + 1 (RL's consecutive episodes)."""
+  return int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0] >> 1)
+
+
 def generate_tir(sampler: IdsSamplerLike, tokenizer: TokenizerLike, executor: ExecutorLike,
                  prompts: Sequence[str], n: int = 1, *, max_calls: int = 4,
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
@@ -174,7 +183,8 @@ def generate_tir(sampler: IdsSamplerLike, tokenizer: TokenizerLike, executor: Ex
     max_calls: code calls per sample (Qwen: 4).
     max_new_tokens: per sampler call (Qwen: 2048).
     stop: stop strings besides the fence (end-of-turn texts).
-    seed: round r samples with seed + r, so the same seed gives the same samples.
+    seed: round 0 samples with `seed`, round r with `round_seed(seed, r)`: the same seed gives
+      the same samples, and no round of one call reuses another call's random keys.
     max_rounds: sampler rounds per sample (a fence-stopped round that only opens a block
       counts too); default 4 * (max_calls + 1).
 
@@ -201,7 +211,8 @@ def generate_tir(sampler: IdsSamplerLike, tokenizer: TokenizerLike, executor: Ex
       completions = [grouped[p][s] for p, s in active]
     else:
       contexts = [prompt_ids[p] + samples[p][s].token_ids for p, s in active]
-      completions = [c[0] for c in sampler.generate_ids(contexts, n=1, seed=seed + round_index,
+      completions = [c[0] for c in sampler.generate_ids(contexts, n=1,
+                                                        seed=round_seed(seed, round_index),
                                                         **options)]
     if len(completions) != len(active):
       raise ValueError(f"sampler returned {len(completions)} completions for "
