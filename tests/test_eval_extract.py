@@ -76,3 +76,26 @@ def test_long_digit_runs_normalise_in_linear_time():
   assert normalize_answer(text) == text
   assert normalize_answer("3-0.1\\overline{6}") == "3-\\frac{1}{6}"
   assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize("text", [
+    "1" + " " * 20_000 + "1",                 # percent pattern retried inside a whitespace run
+    "the answer is " + "\\boxed{ " * 10_000,  # boxed pattern retried from every unclosed box
+    "1" + "\\text{ cm}" * 2_000,               # one unit-stripping pass per unit
+])
+def test_degenerate_answers_normalise_in_linear_time(text):
+  import time  # pylint: disable=g-import-not-at-top
+  start = time.monotonic()
+  assert isinstance(normalize_answer(text), str)
+  assert isinstance(extract_answer(text), str)
+  assert time.monotonic() - start < 1.0
+
+
+def test_long_repeating_decimal_is_left_as_written():
+  """int() refuses more than 4300 digits: normalising raised ValueError (so did extraction)."""
+  text = "0." + "3" * 5000 + "\\overline{3}"
+  assert normalize_answer(text) == text
+  assert extract_answer("\\boxed{" + text + "}") == text
+  assert normalize_answer("1.2\\overline{3}") == "\\frac{37}{30}"
+  assert normalize_answer("5 \\text{ cm}^2") == "5"
+  assert normalize_answer("x = \\boxed{5}") == "5"

@@ -53,6 +53,7 @@ NUMBER_WORDS = {
     "hundred": "100", "thousand": "1000", "million": "1000000",
 }
 
+_MAX_UNIT_PASSES = 4
 _UNIT_ALT = "|".join(re.escape(u) for u in sorted(set(UNIT_WORDS), key=len, reverse=True))
 _WRAPPED_ALT = "|".join(re.escape(u) for u in sorted(set(WRAPPED_UNITS), key=len, reverse=True))
 _CN_UNIT_ALT = "|".join(sorted(CHINESE_UNITS, key=len, reverse=True))
@@ -72,6 +73,8 @@ _LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![a-zA-Z])\s*(\\\{|\\\}|\\\||[\(\)\
                          r"\\langle|\\rangle)?")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\^\s*\{\s*\\circ\s*\}|°|\\circ(?![a-zA-Z])|"
                       r"\\degree(?![a-zA-Z])")
+# Starts where a whitespace run starts: retried from inside one it was quadratic in its length.
+_PERCENT = re.compile(r"(?<!\s)\s*(?:\\%|%|\\text\{\s*percent\s*\}|\bpercent\b)")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _TRAILING_ZEROS = re.compile(r"(\d)\.0+(?![\d])")
 _SIMPLE_FRACTION = re.compile(r"^(-?\d+)\s*/\s*(\d+)$")
@@ -85,15 +88,19 @@ _FULL_WIDTH = str.maketrans({"，": ",", "（": "(", "）": ")", "：": ":", "�
                              "∞": "\\infty ", "∪": "\\cup ", "∩": "\\cap "})
 
 
+_BOXED_OPEN = re.compile(r"\\boxed\s*\{")
 _TIME_OF_DAY = re.compile(r"(\d\s*)([aApP])\.?\s*[mM]\.?(?![a-zA-Z])")
 # The whole part starts where a digit run starts: retrying from every digit of a long run
 # made the search quadratic (seconds for 30k digits).
+_MAX_REPEATING_DIGITS = 1000
 _REPEATING = re.compile(r"(-?)(?<!\d)(\d*)\.(\d*)\\overline\{(\d+)\}")
 
 
 def _repeating_to_fraction(m: re.Match) -> str:
   """`0.1\\overline{6}` -> `\\frac{1}{6}`."""
   sign, whole, fixed, period = m.groups()
+  if len(whole) + len(fixed) + len(period) > _MAX_REPEATING_DIGITS:
+    return m.group(0)   # int() refuses more than 4300 digits; no answer has this many
   scale = 10 ** len(fixed)
   value = (int(whole or "0") * scale + int(fixed or "0")
            + fractions.Fraction(int(period), 10 ** len(period) - 1)) / scale
@@ -110,6 +117,20 @@ def _fix_fracs(s: str) -> str:
   return s
 
 
+def _unbox(s: str) -> str:
+  """`x = \\boxed{5}` -> `x = 5`: the first `\\boxed{` to the final `}` dropped.
+
+  What `re.sub(r"\\\\boxed\\s*\\{(.*)\\}$", r"\\1", s)` did for a string without newlines, in
+  linear time: the regex retried `.*` from every `\\boxed{` (seconds for 10k unclosed boxes).
+  """
+  if not s.endswith("}"):
+    return s
+  m = _BOXED_OPEN.search(s)
+  if m is None or m.end() > len(s) - 1:
+    return s
+  return s[:m.start()] + s[m.end():-1]
+
+
 def _unwrap_text(s: str) -> str:
   prev = None
   while prev != s:
@@ -119,8 +140,15 @@ def _unwrap_text(s: str) -> str:
 
 
 def _strip_units(s: str) -> str:
+  """Trailing units removed, a few at most (`5 \\text{m}^2`, `3 square units.`).
+
+  Each pass scans the whole string: a pass per unit of `1\\text{ cm}\\text{ cm}...` was
+  quadratic (seconds for 2000 units).
+  """
   prev = None
-  while prev != s:
+  for _ in range(_MAX_UNIT_PASSES):
+    if prev == s:
+      break
     prev = s
     s = _TRAILING_WRAPPED_UNIT.sub("", s).strip()
     s = _TRAILING_WORD_UNIT.sub("", s).strip()
@@ -138,9 +166,9 @@ def normalize_answer(answer: str) -> str:
   s = _LEFT_RIGHT.sub(lambda m: m.group(1) or "", s)
   s = s.replace("\\leqslant", "\\le").replace("\\geqslant", "\\ge").replace("\\leq", "\\le")
   s = s.replace("\\geq", "\\ge").replace("\\neq", "\\ne").replace("\\lt", "<").replace("\\gt", ">")
-  s = re.sub(r"\\boxed\s*\{(.*)\}$", r"\1", s.strip())
+  s = _unbox(s.strip())
   s = _DEGREES.sub("", s)
-  s = re.sub(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\bpercent\b)", "%", s)
+  s = _PERCENT.sub("%", s)
   s = _strip_units(s.strip())
   s = _unwrap_text(s)
   s = re.sub(r"\s+", " ", s).strip()
