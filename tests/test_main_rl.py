@@ -125,22 +125,6 @@ def test_rl_config_errors_name_the_field(tiny_decoder, tmp_path):
   assert not (tmp_path / "checkpoints").exists()
 
 
-def test_rl_microbatches_reach_the_train_step(tiny_decoder, tmp_path, monkeypatch):
-  from qmath_jax.rl import grpo  # pylint: disable=g-import-not-at-top
-  iteration, steps = grpo.grpo_iteration, []
-
-  def recording_iteration(*args, **kwargs):
-    steps.append(args[1])  # the TrainStep
-    return iteration(*args, **kwargs)
-
-  monkeypatch.setattr(grpo, "grpo_iteration", recording_iteration)
-  config = _config(tiny_decoder, episodes=1)
-  config.mesh.shape = (1, 4, 2)  # 8 rows per step: 2 microbatches of 4 over 4 device groups
-  config.optim.num_microbatches = 2
-  assert main.run(config, str(tmp_path))["episodes_run"] == 1
-  assert steps[0].num_microbatches == 2
-
-
 def test_bad_grpo_variant_values_are_rejected_naming_the_field(tiny_decoder, tmp_path):
   config = _config(tiny_decoder, episodes=1)
   config.rl.normalisation = "token_mean"
@@ -152,20 +136,25 @@ def test_bad_grpo_variant_values_are_rejected_naming_the_field(tiny_decoder, tmp
     config.rl.scale_advantages_by_std = "no"
 
 
-def test_grpo_variants_reach_the_iteration(tiny_decoder, tmp_path, monkeypatch):
+def test_grpo_variants_and_microbatches_reach_the_iteration(tiny_decoder, tmp_path,
+                                                            monkeypatch):
   from qmath_jax.rl import grpo  # pylint: disable=g-import-not-at-top
   iteration, seen = grpo.grpo_iteration, []
 
   def recording_iteration(*args, **kwargs):
-    seen.append(args[7])  # the GrpoConfig
+    seen.append((args[1], args[7]))  # the TrainStep, the GrpoConfig
     return iteration(*args, **kwargs)
 
   monkeypatch.setattr(grpo, "grpo_iteration", recording_iteration)
   config = _config(tiny_decoder, episodes=1)
   config.rl.normalisation = "token"
   config.rl.scale_advantages_by_std = False
+  config.mesh.shape = (1, 4, 2)  # 8 rows per step: 2 microbatches of 4 over 4 device groups
+  config.optim.num_microbatches = 2
   assert main.run(config, str(tmp_path))["episodes_run"] == 1
-  assert seen[0].normalisation == "token" and not seen[0].rollout.scale_advantages_by_std
+  train_step, grpo_cfg = seen[0]
+  assert grpo_cfg.normalisation == "token" and not grpo_cfg.rollout.scale_advantages_by_std
+  assert train_step.num_microbatches == 2
   defaults = load_config("rl.py").rl
   assert defaults.normalisation == "sequence" and defaults.scale_advantages_by_std is True
 
