@@ -110,23 +110,20 @@ def _approximate(*texts: str) -> bool:
 
 def split_top_level(s: str, sep: str) -> list[str]:
   """Splits on `sep` outside (), [], {} and \\{ \\}."""
-  parts, depth, start, i = [], 0, 0, 0
-  while i < len(s):
-    if s.startswith("\\{", i) or s.startswith("\\}", i):
-      depth += 1 if s[i + 1] == "{" else -1
-      i += 2
-      continue
-    ch = s[i]
-    if ch in "([{":
+  if sep not in s:
+    return [s.strip()]
+  parts, depth, start = [], 0, 0
+  # One regex scan over the brackets and separators (a Python loop per character took 0.2 s
+  # for a 100k-character answer).
+  for m in re.finditer(r"\\[{}]|[(\[{)\]}]|" + re.escape(sep), s):
+    tok = m.group()
+    if tok in ("\\{", "(", "[", "{"):
       depth += 1
-    elif ch in ")]}":
+    elif tok in ("\\}", ")", "]", "}"):
       depth -= 1
-    elif depth == 0 and s.startswith(sep, i):
-      parts.append(s[start:i])
-      i += len(sep)
-      start = i
-      continue
-    i += 1
+    elif depth == 0:
+      parts.append(s[start:m.start()])
+      start = m.end()
   parts.append(s[start:])
   return [p.strip() for p in parts]
 
