@@ -253,3 +253,14 @@ def test_scientific_notation_is_a_number_against_an_expression():
   assert math_equal("1.5e-2", "\\frac{3}{2} \\cdot 10^{-2}")
   assert math_equal("x = 2e3", "x = 2000")
   assert math_equal("2e", "e+e")   # a number times e is still e's multiple
+
+
+def test_replacement_worker_starts_right_after_a_timeout():
+  """The next check used to wait for a fresh sympy import on top of its own timeout."""
+  symbolic.worker().equal(["num", "1"], ["num", "1"], timeout=30)
+  assert math_equal(SLOW_PRED, SLOW_GOLD, timeout=0.5) is False
+  replacement = symbolic.worker().proc
+  assert replacement is not None and replacement.poll() is None   # already importing sympy
+  assert symbolic.symbolic_equal(["pow", ["num", "2"], ["num", "3000"]],
+                                 ["pow", ["num", "8"], ["num", "1000"]], timeout=30)
+  assert symbolic.worker().proc is replacement

@@ -31,16 +31,26 @@ class SympyWorker:
   def __init__(self):
     self.proc = None
     self.lines = None
+    self.ready = False
     self.owner_pid = os.getpid()   # only the process that started a child may stop it
 
-  def _start(self) -> None:
+  def _spawn(self) -> None:
+    """Starts a child without waiting for it: it imports sympy while the caller goes on."""
     self.proc = subprocess.Popen(
         [sys.executable, "-u", os.path.abspath(__file__)], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
     self.lines = sandbox_worker.LineReader(self.proc.stdout.fileno())
+    self.ready = False
+
+  def _wait_ready(self) -> None:
     if self._read_line(_STARTUP_TIMEOUT_S) != b"ready":
       self.close()
       raise RuntimeError("sympy worker did not start")
+    self.ready = True
+
+  def _start(self) -> None:
+    self._spawn()
+    self._wait_ready()
 
   def _read_line(self, timeout: float) -> bytes | None:
     line = self.lines.read_line(time.monotonic() + timeout)
@@ -63,7 +73,9 @@ class SympyWorker:
   def equal(self, a, b, timeout: float, up_to_sign: bool = False) -> bool:
     """True when sympy proves a == b (or a == -b) within `timeout` seconds."""
     if self.proc is None or self.proc.poll() is not None:
-      self._start()
+      self._spawn()
+    if not self.ready:
+      self._wait_ready()   # start-up is not part of a check's time
     request = json.dumps({"a": a, "b": b, "up_to_sign": up_to_sign}).encode() + b"\n"
     try:
       self.proc.stdin.write(request)
@@ -73,7 +85,10 @@ class SympyWorker:
       return False
     line = self._read_line(timeout)
     if line is None:
-      self.close()   # timed out (or died): kill it; the next call starts a fresh one
+      # Timed out (or died): kill it and start the replacement now, so that the next check
+      # does not wait for a sympy import on top of its own timeout.
+      self.close()
+      self._spawn()
       return False
     try:
       return bool(json.loads(line)["equal"])
