@@ -282,3 +282,21 @@ def test_fuzz_with_sympy():
   timeout = 1.0
   checker = _Checker(timeout + 1.5, timeout=timeout)
   run_fuzz(3000, checker, seed=SEED + 1)
+
+
+@pytest.mark.slow
+def test_repeated_fragments_stay_linear(monkeypatch):
+  """Every fragment repeated to 20k characters, bare and inside a number, box or phrase.
+
+  Random mixtures rarely repeat one piece long enough to show a regex that retries from every
+  position (quadratic): whitespace runs, unclosed boxes and repeated units each did.
+  """
+  monkeypatch.setattr(symbolic, "symbolic_equal", lambda *args, **kwargs: False)
+  checker = _Checker(1.0, timeout=3.0)
+  for fragment in sorted(set(FRAGMENTS)):
+    for wrap in ("{}", "1{}1", "\\boxed{{{}", "the answer is {}"):
+      text = wrap.format(fragment * max(1, 20_000 // len(fragment)))
+      grader.normalize.normalize_answer.cache_clear()
+      checker.extract(text)
+      checker.extract(text, "aqua")
+      checker.equal(text, text + "1")
