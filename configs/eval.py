@@ -7,7 +7,9 @@ r"""The eval stage: the report's benchmarks with CoT or TIR prompts, greedy or m
 
 Modes (SPEC): `greedy` (temperature 0), `maj8` (n=8, temperature 0.7, top_p 0.8); with
 `--config.scorer.rm_checkpoint=<rm run or HF reward-model dir>` the same samples also give
-RM@8. Params (and the model's shapes) come from exactly one of `init.checkpoint` (a run's
+RM@8. SPEC's larger N for AIME24 and AMC23 is a run of its own, since `eval.n` holds for every
+dataset: `:mode=maj8 "--config.eval.datasets=('aime24','amc23')" --config.eval.n=64`.
+Params (and the model's shapes) come from exactly one of `init.checkpoint` (a run's
 workdir), `init.params_dir`, `init.hf_dir`.
 Benchmark files are read from `eval.data_dir` (default: $QMATH_DATA_DIR, then ../shared/data).
 """
