@@ -22,7 +22,8 @@ WORKER_TIMEOUT_S = 240
 def _run(workdir: str, batches_per_process: tuple[int, int], signal_step: int | None) -> dict:
   """Trains the tiny model through `loop.train`; process p's data shard holds
   `batches_per_process[p]` batches, and process 0 sends itself SIGTERM as it puts the batch of
-  step `signal_step` on the devices (none when None). Returns the outcome and the checkpointed step."""
+  step `signal_step` on the devices (none when None). Returns the outcome and the checkpointed
+  step."""
   # Imported here: a worker must join jax.distributed before JAX touches its devices.
   # pylint: disable=g-import-not-at-top
   import grain
